@@ -1,0 +1,3 @@
+import sys
+from mptc.cli import main
+sys.exit(main())

@@ -1,0 +1,134 @@
+"""The `mptc` command line. The only place errors are rendered; user mistakes exit 2, never a traceback.
+
+    mptc check SPEC                      parse and check (never imports torch)
+    mptc compile SPEC --emit ir          the IR plan as JSON
+    mptc run SPEC [--out DIR] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mptc.errors import MptcError, RunError, SpecError, SpecErrors
+
+EXIT_USER = 2
+
+
+def render(error: SpecError, sources: dict[str, str]) -> str:
+    """`path:line:col: message`, the source line, carets under the span, a did-you-mean and a note."""
+    s = error.span
+    out = [f"{s.path}:{s.line}:{s.col}: error: {error.message}"]
+    lines = sources.get(s.path, "").splitlines()
+    if 1 <= s.line <= len(lines):
+        text = lines[s.line - 1].expandtabs(1)
+        end = s.end_col if s.end_line == s.line else len(text) + 1
+        width = max(1, min(end, len(text) + 1) - s.col)
+        gutter = " " * len(str(s.line))
+        out += [f"{s.line} | {text}", f"{gutter} | {' ' * (s.col - 1)}{'^' * width}"]
+    if error.hint:
+        out.append(f"  = did you mean '{error.hint}'?")
+    if error.note:
+        out.append(f"  = note: {error.note}")
+    return "\n".join(out)
+
+
+def _sources(path: str, text: str) -> dict[str, str]:
+    from mptc.compiler.overrides import SOURCES
+    return {path: text, **SOURCES}
+
+
+def _fail_user(errors: list[SpecError], sources: dict[str, str]) -> int:
+    for e in errors:
+        print(render(e, sources), file=sys.stderr)
+    n = len(errors)
+    print(f"mptc: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+    return EXIT_USER
+
+
+def _read(path: str) -> str:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunError(f"cannot read spec '{path}': no such file") from None
+    except IsADirectoryError:
+        raise RunError(f"cannot read spec '{path}': it is a directory") from None
+    except UnicodeDecodeError as e:
+        raise RunError(f"cannot read spec '{path}': not UTF-8 text (byte {e.start})") from None
+
+
+def _compile(args):
+    from mptc.compiler.lower import compile_spec
+    text = _read(args.spec)
+    return text, compile_spec(text, args.spec, getattr(args, "set", None) or [])
+
+
+def cmd_check(args) -> int:
+    _compile(args)
+    print(f"{args.spec}: ok")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from mptc.compiler.ir import to_json
+    _, plan = _compile(args)
+    print(json.dumps(to_json(plan), indent=2))
+    return 0
+
+
+def cmd_run(args) -> int:
+    text, plan = _compile(args)
+    from mptc.runtime.executor import run_plan
+    out = run_plan(plan, text, args.out, progress=not args.quiet)
+    print(f"run directory: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mptc", description="The meta-parameterized pre-training compiler.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="parse and check a spec")
+    p.add_argument("spec")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("compile", help="compile a spec and print its IR")
+    p.add_argument("spec")
+    p.add_argument("--emit", choices=["ir"], default="ir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
+    p.set_defaults(fn=cmd_compile)
+    p = sub.add_parser("run", help="compile and execute a spec, writing a run directory")
+    p.add_argument("spec")
+    p.add_argument("--out", default=None, help="run directory (default runs/<spec name>-<time>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as e:
+        return _fail_user([e], _sources(args.spec, _safe_read(args.spec)))
+    except SpecErrors as e:
+        return _fail_user(e.errors, _sources(args.spec, _safe_read(args.spec)))
+    except RunError as e:
+        print(f"mptc: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("mptc: interrupted", file=sys.stderr)
+        return 130
+
+
+def _safe_read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

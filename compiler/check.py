@@ -1,0 +1,555 @@
+"""check(spec) -> Checked: names, components, keyword arguments, shapes and ranges. Collects every error
+of the file and raises one SpecErrors. Never imports torch.
+
+    >>> from mptc.compiler.parse import parse
+    >>> from mptc.errors import SpecErrors
+    >>> try:
+    ...     check(parse("model encoder = mlpp(hidden: [8])", "q.mpt"))
+    ... except SpecErrors as e:
+    ...     print(e.errors[0].message, "| did you mean", e.errors[0].hint)
+    unknown model 'mlpp' (known: linear, mlp) | did you mean mlp
+"""
+from __future__ import annotations
+
+import attrs
+
+from mptc.compiler import ast
+from mptc.compiler.space import expand
+from mptc.compiler.values import check_args, check_component, fold
+from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, SpecErrors,
+                         UnknownComponent, UnknownName, did_you_mean)
+from mptc.runtime.catalog import B, ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES, ShapeProblem, _fmt
+from mptc.runtime.registry import (BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
+                                   PROTOCOLS, Param)
+
+SINGLE = (ast.SpecHeader, ast.ObjectiveDecl, ast.HypergradientDecl, ast.MetaOptimizerDecl, ast.TrainDecl,
+          ast.EvaluateDecl)
+NAMED = (ast.DataDecl, ast.ModelDecl, ast.HeadDecl, ast.MetaDecl, ast.LetDecl, ast.SpaceDecl)
+KEYWORD = {ast.SpecHeader: "spec", ast.ObjectiveDecl: "meta_objective", ast.HypergradientDecl: "hypergradient",
+           ast.MetaOptimizerDecl: "meta_optimizer", ast.TrainDecl: "train", ast.EvaluateDecl: "evaluate"}
+CLAUSES = {"pretrain": ("data", "loss", "optimizer", "steps", "augment"),
+           "finetune": ("data", "loss", "optimizer", "unroll"),
+           "auxiliary": ("data", "loss", "sample", "weights", "end_task_weight", "optimizer")}
+CLAUSE_NAME = {ast.DataClause: "data", ast.LossClause: "loss", ast.OptimizerClause: "optimizer",
+               ast.StepsClause: "steps", ast.UnrollClause: "unroll", ast.AugmentClause: "augment",
+               ast.SampleClause: "sample", ast.WeightsClause: "weights", ast.EndTaskWeightClause: "end_task_weight"}
+TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1), Param("warmup", "int", 0, min=0),
+                 Param("seed", "int", 0), Param("device", "str", "auto"), Param("log_every", "int", 10, min=1))
+DEFAULT_OPTIMIZER = {"pretrain": {"name": "adam", "args": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                                                           "weight_decay": 0.0}},
+                     "finetune": {"name": "sgd", "args": {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}}}
+INPUTS = ("x", "y")
+
+
+@attrs.frozen
+class Checked:
+    """A spec that passed every check, with what the checks learned (arguments, shapes, dimensions)."""
+
+    spec: ast.Spec
+    decls: dict            # name -> declaration node
+    args: dict             # id(call node) -> {"name", "args"} of a checked component
+    stages: dict           # kind -> {clause name -> clause}
+    in_dims: dict          # module name -> inferred input features
+    data_shapes: dict      # dataset name -> {"x": shape, "y": shape}
+    space_sizes: dict      # space name -> number of objectives
+    let_order: tuple       # let names, dependencies first
+    meta_only_lets: frozenset
+
+
+class _Checker:
+    """Runs the passes in order over one spec, collecting errors."""
+
+    def __init__(self, spec: ast.Spec):
+        self.spec, self.errors = spec, []
+        self.decls, self.singles, self.stages, self.args = {}, {}, {}, {}
+        self.in_dims, self.data_shapes, self.space_sizes = {}, {}, {}
+        self.let_shapes: dict = {}
+
+    def err(self, e):
+        self.errors.append(e)
+
+    # ---- pass 1: declarations ----------------------------------------------------------------------
+    def collect(self):
+        for item in self.spec.items:
+            if isinstance(item, NAMED):
+                self._declare(item, self.decls, item.name, f"'{item.name}' is already declared")
+            elif isinstance(item, ast.Stage):
+                key = item.kind if item.kind != "auxiliary" else f"auxiliary {item.name}"
+                self._declare(item, self.stages, key, f"a second {key} block")
+            else:
+                kw = KEYWORD[type(item)]
+                self._declare(item, self.singles, kw, f"'{kw}' is given twice")
+
+    def _declare(self, item, table, key, message):
+        if key in table:
+            line = table[key].span.line
+            self.err(DuplicateName(item.span, message, note=f"first declared on line {line}"))
+        else:
+            table[key] = item
+
+    def of(self, kind):
+        return {n: d for n, d in self.decls.items() if isinstance(d, kind)}
+
+    # ---- pass 2: components and their arguments ----------------------------------------------------
+    def component(self, registry, expr, ctx=None):
+        checked = check_component(registry, expr, self.errors, ctx or {"datasets": self.of(ast.DataDecl)})
+        if checked is not None:
+            self.args[id(expr)] = checked
+        return checked
+
+    def datasets(self):
+        for name, decl in self.of(ast.DataDecl).items():
+            checked = self.component(DATASETS, decl.source)
+            self._splits(decl)
+            if checked is None or None in checked["args"].values() and _required_missing(checked):
+                continue
+            args = dict(checked["args"])
+            for p in DATASETS.get(checked["name"]).params:
+                if p.kind == "dataset" and args.get(p.name) is not None:
+                    args[p.name] = self.data_shapes.get(args[p.name])
+                    if args[p.name] is None:
+                        break
+            else:
+                self.data_shapes[name] = DATASETS.get(checked["name"]).shape(args, None)
+
+    def _splits(self, decl):
+        seen, total = set(), 0.0
+        for part in decl.split:
+            value = fold(part.fraction)
+            if part.name in seen:
+                self.err(DuplicateName(part.span, f"split '{part.name}' is given twice"))
+            if not isinstance(value, (int, float)) or isinstance(value, str) or not 0 < value < 1:
+                self.err(OutOfRange(part.fraction.span, f"split fraction must be in (0, 1), got {value!s}"))
+                continue
+            seen.add(part.name)
+            total += value
+        if decl.split and seen and abs(total - 1) > 1e-6:
+            self.err(OutOfRange(decl.split[0].span, f"split fractions must sum to 1, they sum to {total:g}"))
+
+    def modules(self):
+        for name, decl in self.of(ast.ModelDecl).items():
+            self.component(MODELS, decl.component)
+        for name, decl in self.of(ast.HeadDecl).items():
+            self.component(HEADS, decl.component)
+
+    def spaces(self):
+        for name, decl in self.of(ast.SpaceDecl).items():
+            self.space_sizes[name] = len(expand(decl, self.errors).objectives)
+
+    def metas(self):
+        for name, decl in self.of(ast.MetaDecl).items():
+            t = decl.type
+            if isinstance(t, ast.VectorType) and t.length < 1:
+                self.err(OutOfRange(t.span, f"a vector needs at least one entry, got {t.length}"))
+            if isinstance(t, ast.NetworkType):
+                self.component(MODELS, t.component)
+            if isinstance(t, ast.FactoredType) and t.space not in self.of(ast.SpaceDecl):
+                self.err(UnknownName(t.span, f"unknown space '{t.space}'",
+                                     hint=did_you_mean(t.space, self.of(ast.SpaceDecl))))
+            if decl.init is not None and not _is_number(fold(decl.init)):
+                self.err(BadArgument(decl.init.span, "a meta-parameter's initial value must be a number"))
+            self._bounds(decl)
+
+    def _bounds(self, decl):
+        if decl.bounds is None:
+            return
+        lo, hi = (fold(b) for b in decl.bounds)
+        if not (_is_number(lo) and _is_number(hi)) or lo >= hi:
+            self.err(OutOfRange(decl.bounds[0].span, "bounds must be two numbers [low, high] with low < high"))
+        elif decl.init is not None and _is_number(fold(decl.init)) and not lo <= fold(decl.init) <= hi:
+            self.err(OutOfRange(decl.init.span, f"initial value {fold(decl.init)} lies outside [{lo}, {hi}]"))
+
+    # ---- pass 3: lets (cycles), stages and expressions ---------------------------------------------
+    def let_order(self) -> tuple:
+        lets, order, state = self.of(ast.LetDecl), [], {}
+
+        def visit(name, path):
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "open":
+                cycle = " -> ".join(path[path.index(name):] + [name])
+                self.err(Cycle(lets[name].span, f"'let {name}' refers to itself: {cycle}"))
+                state[name] = "done"
+                return
+            state[name] = "open"
+            for dep in _refs(lets[name].value):
+                if dep in lets:
+                    visit(dep, path + [name])
+            state[name] = "done"
+            order.append(name)
+
+        for name in lets:
+            visit(name, [])
+        return tuple(order)
+
+    def stage_clauses(self):
+        for key, stage in self.stages.items():
+            allowed, found = CLAUSES[stage.kind], {}
+            for clause in stage.clauses:
+                cname = CLAUSE_NAME[type(clause)]
+                if cname not in allowed:
+                    self.err(BadArgument(clause.span, f"'{cname}' is not a clause of {stage.kind} "
+                                         f"(it takes {', '.join(allowed)})", hint=did_you_mean(cname, allowed)))
+                elif cname in found:
+                    self.err(DuplicateName(clause.span, f"'{cname}' is given twice in {stage.kind}"))
+                else:
+                    found[cname] = clause
+            self.stages[key] = found | {"_node": stage}
+            self._stage_values(stage, found)
+
+    def _stage_values(self, stage, found):
+        for need in ("data", "loss"):
+            if need not in found:
+                self.err(MissingPart(stage.span, f"{stage.kind} needs a '{need}' clause"))
+        if "optimizer" in found:
+            self.component(OPTIMIZERS, found["optimizer"].call)
+        if "steps" in found and found["steps"].n < 1:
+            self.err(OutOfRange(found["steps"].span, f"steps must be >= 1, got {found['steps'].n}"))
+        if "unroll" in found and found["unroll"].k < 1:
+            self.err(OutOfRange(found["unroll"].span, f"unroll must be >= 1, got {found['unroll'].k}"))
+        if "data" in found:
+            self.data_ref(found["data"].ref, found["data"].batch, found["data"].span)
+        if "augment" in found:
+            self.err(UnknownComponent(found["augment"].call.func.span,
+                                      f"unknown augmentation '{found['augment'].call.func.dotted}' (known: none yet)"))
+        for ident in found["unroll"].update if "unroll" in found else ():
+            if ident.name not in self.of((ast.ModelDecl, ast.HeadDecl)):
+                self.err(UnknownName(ident.span, f"'{ident.name}' is not a model or head",
+                                     hint=did_you_mean(ident.name, self.of((ast.ModelDecl, ast.HeadDecl)))))
+
+    def data_ref(self, ref: ast.Ref, batch, span):
+        """The data shapes a `data.split` reference reads, or None."""
+        decls = self.of(ast.DataDecl)
+        name, split = ref.parts[0], ".".join(ref.parts[1:]) or None
+        if name not in decls:
+            self.err(UnknownName(ref.span, f"unknown data '{name}'", hint=did_you_mean(name, decls)))
+            return None
+        splits = [p.name for p in decls[name].split]
+        if split is None and splits:
+            self.err(MissingPart(ref.span, f"'{name}' is split into {', '.join(splits)}: name one, "
+                                 f"e.g. {name}.{splits[0]}"))
+        elif split is not None and split not in splits:
+            have = f"its splits are {', '.join(splits)}" if splits else "it has no splits"
+            self.err(UnknownName(ref.span, f"'{name}' has no split '{split}' ({have})",
+                                 hint=did_you_mean(split, splits) and f"{name}.{did_you_mean(split, splits)}"))
+        if batch is not None and batch < 1:
+            self.err(OutOfRange(span, f"batch must be >= 1, got {batch}"))
+        return self.data_shapes.get(name)
+
+    def expressions(self):
+        for key, found in self.stages.items():
+            shapes = self.data_ref_shapes(found.get("data"))
+            if "loss" in found:
+                self.scalar(found["loss"].expr, shapes, f"the {found['_node'].kind} loss")
+        objective = self.singles.get("meta_objective")
+        if objective is not None:
+            shapes = self.data_shapes.get(objective.on.parts[0]) if self.data_ref(objective.on, None, None) else None
+            self.scalar(objective.expr, shapes, "the meta-objective")
+        for name in self.let_order_names:
+            decl = self.decls[name]
+            if not _refs(decl.value) & set(INPUTS):
+                self.let_shapes[name] = self.shape(decl.value, {})
+
+    def data_ref_shapes(self, clause):
+        return None if clause is None else self.data_shapes.get(clause.ref.parts[0])
+
+    def scalar(self, expr, data_shapes, what):
+        scope = {"x": data_shapes["x"], "y": data_shapes["y"]} if data_shapes else {"x": None, "y": None}
+        shape = self.shape(expr, scope)
+        if shape is not None and shape != ():
+            self.err(ShapeMismatch(expr.span, f"{what} must be a single number, but has shape {_fmt(shape)}",
+                                   hint="mean(...)"))
+
+    # ---- shape inference ---------------------------------------------------------------------------
+    def shape(self, expr, scope):
+        """The shape of an expression (a tuple, "B" for the batch), None when unknown."""
+        method = getattr(self, "shape_" + type(expr).__name__)
+        return method(expr, scope)
+
+    def shape_Number(self, expr, scope):
+        return ()
+
+    def shape_String(self, expr, scope):
+        self.err(BadArgument(expr.span, "a string cannot be used in an expression"))
+
+    def shape_ListExpr(self, expr, scope):
+        return (len(expr.items),)
+
+    def shape_Index(self, expr, scope):
+        self.shape(expr.target, scope), self.shape(expr.index, scope)
+        return None
+
+    def shape_Neg(self, expr, scope):
+        return self.shape(expr.operand, scope)
+
+    def shape_BinOp(self, expr, scope):
+        left, right = self.shape(expr.left, scope), self.shape(expr.right, scope)
+        if left is None or right is None:
+            return None
+        out = _broadcast(left, right)
+        if out is None:
+            self.err(ShapeMismatch(expr.span, f"cannot combine shapes {_fmt(left)} and {_fmt(right)} with "
+                                   f"'{expr.op}'", note=_mismatch_note(expr, left, right)))
+        return out
+
+    def shape_Ref(self, expr, scope):
+        name = expr.dotted
+        if name in INPUTS:
+            return scope.get(name) if name in scope else self._no_input(expr)
+        decl = self.decls.get(name)
+        if isinstance(decl, ast.MetaDecl):
+            return self._meta_shape(decl)
+        if isinstance(decl, ast.LetDecl):
+            return self.let_shape(decl, scope)
+        if isinstance(decl, (ast.ModelDecl, ast.HeadDecl)):
+            self.err(BadArgument(expr.span, f"'{name}' is a {_role(decl)}: apply it, e.g. {name}(x)"))
+            return None
+        names = [n for n, d in self.decls.items() if isinstance(d, (ast.MetaDecl, ast.LetDecl))] + list(scope)
+        self.err(UnknownName(expr.span, f"unknown name '{name}'", hint=did_you_mean(name, names)))
+        return None
+
+    def _no_input(self, expr):
+        self.err(UnknownName(expr.span, f"'{expr.dotted}' is the batch of a stage and cannot appear here"))
+        return None
+
+    def _meta_shape(self, decl):
+        t = decl.type
+        if isinstance(t, ast.VectorType):
+            return (t.length,)
+        if isinstance(t, ast.FactoredType):
+            return (self.space_sizes[t.space],) if t.space in self.space_sizes else None
+        return () if isinstance(t, ast.ScalarType) else None
+
+    def let_shape(self, decl, scope):
+        if decl.name in self.let_shapes:
+            return self.let_shapes[decl.name]
+        if decl.name in self.cyclic:
+            return None
+        return self.shape(decl.value, scope)
+
+    def shape_Call(self, expr, scope):
+        name = expr.func.dotted
+        decl = self.decls.get(name)
+        if isinstance(decl, (ast.ModelDecl, ast.HeadDecl)) or _is_network(decl):
+            return self._apply(expr, decl, scope)
+        comp = FUNCTIONS.get(name)
+        if comp is None:
+            known = FUNCTIONS.names() + list(self.of((ast.ModelDecl, ast.HeadDecl)))
+            self.err(UnknownName(expr.func.span, f"unknown function or module '{name}'",
+                                 hint=did_you_mean(name, known)))
+            return None
+        if expr.kwargs or len(expr.args) != len(comp.params):
+            n = len(comp.params)
+            self.err(BadArgument(expr.span, f"{name} takes {n} argument{'s' if n != 1 else ''}, "
+                                 f"got {len(expr.args) + len(expr.kwargs)}"))
+            return None
+        shapes = [self.shape(a, scope) for a in expr.args]
+        return self._rule(comp.shape, expr, None, shapes)
+
+    def _apply(self, expr, decl, scope):
+        if len(expr.args) != 1 or expr.kwargs:
+            self.err(BadArgument(expr.span, f"'{decl.name}' is applied to exactly one input"))
+            return None
+        in_shape = self.shape(expr.args[0], scope)
+        node = decl.type.component if isinstance(decl, ast.MetaDecl) else decl.component
+        checked = self.args.get(id(node))
+        if checked is None:
+            return None
+        registry = MODELS if not isinstance(decl, ast.HeadDecl) else HEADS
+        out = self._rule(registry.get(checked["name"]).shape, expr, checked["args"], in_shape)
+        self._record_in_dim(decl.name, in_shape, expr)
+        return out
+
+    def _record_in_dim(self, name, in_shape, expr):
+        if in_shape is None or len(in_shape) != 2:
+            return
+        previous = self.in_dims.setdefault(name, in_shape[1])
+        if previous != in_shape[1]:
+            self.err(ShapeMismatch(expr.span, f"'{name}' is applied to {in_shape[1]} features here but to "
+                                   f"{previous} elsewhere"))
+
+    def _rule(self, rule, expr, args, shapes):
+        try:
+            return rule(args, shapes) if rule else None
+        except ShapeProblem as problem:
+            self.err(ShapeMismatch(expr.span, f"{expr.func.dotted} {problem}"))
+            return None
+
+    # ---- pass 4: the meta level --------------------------------------------------------------------
+    def meta_level(self):
+        hg = self.singles.get("hypergradient")
+        for entry in hg.entries if hg else ():
+            self._estimator(entry)
+        if "meta_optimizer" in self.singles:
+            self.component(OPTIMIZERS, self.singles["meta_optimizer"].call)
+        train = self.singles.get("train")
+        if train is not None:
+            self._train(train)
+        ev = self.singles.get("evaluate")
+        if ev is not None:
+            self.component(PROTOCOLS, ev.call)
+            for ident in ev.against:
+                if ident.name not in BASELINES:
+                    self.err(UnknownComponent(ident.span, f"unknown baseline '{ident.name}' "
+                                              f"(known: {', '.join(BASELINES.names())})",
+                                              hint=did_you_mean(ident.name, BASELINES.names())))
+
+    def _estimator(self, entry):
+        if entry.stage not in ESTIMATOR_DEFAULTS:
+            self.err(UnknownName(entry.span, f"unknown stage '{entry.stage}' (hypergradients pass through "
+                                 f"{', '.join(ESTIMATOR_DEFAULTS)})", hint=did_you_mean(entry.stage, ESTIMATOR_DEFAULTS)))
+            return
+        checked = self.component(ESTIMATORS, entry.estimator)
+        if checked and entry.stage not in ESTIMATOR_STAGES[checked["name"]]:
+            fits = [n for n, st in ESTIMATOR_STAGES.items() if entry.stage in st]
+            self.err(BadArgument(entry.estimator.span, f"'{checked['name']}' does not apply to the "
+                                 f"{entry.stage} stage (use {', '.join(fits)})"))
+
+    def _train(self, train):
+        seen = {}
+        for opt in train.options:
+            param = next((p for p in TRAIN_OPTIONS if p.name == opt.key), None)
+            if param is None:
+                names = [p.name for p in TRAIN_OPTIONS]
+                self.err(BadArgument(opt.span, f"unknown train option '{opt.key}' (known: {', '.join(names)})",
+                                     hint=did_you_mean(opt.key, names)))
+            elif opt.key in seen:
+                self.err(DuplicateName(opt.span, f"train option '{opt.key}' is given twice"))
+            else:
+                seen[opt.key] = opt
+        from mptc.compiler.values import check_value
+        for key, opt in seen.items():
+            value = check_value(next(p for p in TRAIN_OPTIONS if p.name == key), opt.value, self.errors, {})
+            if key == "device" and value is not None and not _valid_device(value):
+                self.err(BadArgument(opt.value.span, f"device must be auto, cpu, cuda or cuda:N, got {value}",
+                                     hint=did_you_mean(value, ["auto", "cpu", "cuda"])))
+
+    def required(self):
+        end = _end_span(self.spec)
+        for kind in ("pretrain", "finetune"):
+            if kind not in self.stages:
+                self.err(MissingPart(end, f"the spec has no {kind} block"))
+        if "meta_objective" not in self.singles:
+            self.err(MissingPart(end, "the spec has no meta_objective"))
+        if not self.of(ast.MetaDecl):
+            self.err(MissingPart(end, "the spec declares no meta-parameter: nothing to learn"))
+
+    def run(self) -> Checked:
+        self.collect()
+        self.datasets()
+        self.modules()
+        self.spaces()
+        self.metas()
+        self.let_order_names = self.let_order()
+        self.cyclic = {e.message.split("'")[1].split()[1] for e in self.errors if isinstance(e, Cycle)}
+        self.stage_clauses()
+        self.expressions()
+        self.meta_level()
+        self.required()
+        if self.errors:
+            raise SpecErrors(_dedupe(self.errors), "")
+        metas = set(self.of(ast.MetaDecl))
+        meta_only = frozenset(n for n in self.let_order_names
+                              if _free(self.decls[n].value, self.of(ast.LetDecl)) <= metas)
+        return Checked(self.spec, self.decls, self.args, self.stages, self.in_dims, self.data_shapes,
+                       self.space_sizes, self.let_order_names, meta_only)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, (bool, str))
+
+
+def _required_missing(checked) -> bool:
+    comp = DATASETS.get(checked["name"])
+    return any(checked["args"].get(p.name) is None and p.default is not None for p in comp.params)
+
+
+def _is_network(decl) -> bool:
+    return isinstance(decl, ast.MetaDecl) and isinstance(decl.type, ast.NetworkType)
+
+
+def _role(decl) -> str:
+    return "model" if isinstance(decl, ast.ModelDecl) else "head"
+
+
+def _valid_device(value: str) -> bool:
+    return value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+
+
+def _broadcast(a, b):
+    """numpy broadcasting of two shapes ("B" only matches "B" or 1); None when they do not broadcast."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(reversed(out))
+
+
+def _mismatch_note(expr, left, right) -> str | None:
+    vec, mat = (left, right) if len(left) == 1 else (right, left)
+    if len(vec) == 1 and len(mat) == 2 and mat[0] == B:
+        return f"a vector of {vec[0]} weights needs {vec[0]} outputs per example, here there are {mat[1]}"
+    return None
+
+
+def _refs(expr) -> set:
+    """Single names referenced by an expression (calls' function names excluded)."""
+    if isinstance(expr, ast.Ref):
+        return {expr.dotted}
+    if isinstance(expr, ast.Call):
+        return set().union(*(_refs(a) for a in expr.args), *(_refs(k.value) for k in expr.kwargs))
+    children = [getattr(expr, f.name) for f in attrs.fields(type(expr))] if attrs.has(type(expr)) else []
+    found = set()
+    for child in children:
+        for c in child if isinstance(child, tuple) else (child,):
+            if attrs.has(type(c)):
+                found |= _refs(c)
+    return found
+
+
+def _calls(expr) -> set:
+    """Names called in an expression (models, heads, network meta-parameters, functions)."""
+    if not attrs.has(type(expr)):
+        return set()
+    found = {expr.func.dotted} if isinstance(expr, ast.Call) else set()
+    for f in attrs.fields(type(expr)):
+        child = getattr(expr, f.name)
+        for c in child if isinstance(child, tuple) else (child,):
+            found |= _calls(c)
+    return found
+
+
+def _free(expr, lets) -> set:
+    """Names an expression depends on, through lets (inputs, metas, modules)."""
+    names = _refs(expr) | _calls(expr)
+    out = set()
+    for n in names:
+        out |= _free(lets[n].value, lets) if n in lets else {n}
+    return out - set(FUNCTIONS.names())
+
+
+def _end_span(spec):
+    from mptc.errors import Span
+    last = spec.items[-1].span if spec.items else spec.span
+    path = last.path
+    return Span(path, last.end_line, last.end_col, last.end_line, last.end_col + 1)
+
+
+def _dedupe(errors):
+    seen, out = set(), []
+    for e in errors:
+        key = (e.span, e.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
+def check(spec: ast.Spec) -> Checked:
+    """Every check over a parsed spec; raises SpecErrors listing all problems in source order."""
+    import mptc.runtime.catalog  # noqa: F401  (registers the built-in components)
+    return _Checker(spec).run()

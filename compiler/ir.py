@@ -1,0 +1,226 @@
+"""The IR plan: what the runtime executes. Frozen attrs, no behaviour, no syntax, JSON-serialisable.
+
+    >>> to_json(Const(2.0))
+    {'node': 'Const', 'value': 2.0}
+"""
+from __future__ import annotations
+
+from typing import Any, Union
+
+import attrs
+
+frozen = attrs.frozen
+
+
+# ---- expressions ---------------------------------------------------------------------------------
+@frozen
+class Const:
+    """A number (or list of numbers)."""
+
+    value: Any
+
+
+@frozen
+class Input:
+    """The stage's batch: `x` or `y`."""
+
+    name: str
+
+
+@frozen
+class MetaRef:
+    """A meta-parameter, raw (before any `let` transform)."""
+
+    name: str
+
+
+@frozen
+class LetRef:
+    """A named `let` expression."""
+
+    name: str
+
+
+@frozen
+class Apply:
+    """A model or head applied to an input."""
+
+    module: str
+    arg: "IExpr"
+
+
+@frozen
+class Fn:
+    """A function of the loss vocabulary (bce, mean, sigmoid, ...)."""
+
+    name: str
+    args: tuple["IExpr", ...]
+
+
+@frozen
+class Bin:
+    """An arithmetic operation."""
+
+    op: str
+    left: "IExpr"
+    right: "IExpr"
+
+
+@frozen
+class Neg:
+    """Negation."""
+
+    operand: "IExpr"
+
+
+@frozen
+class Index:
+    """Indexing."""
+
+    target: "IExpr"
+    index: "IExpr"
+
+
+IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index]
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+@frozen
+class Component:
+    """A registry component with checked, defaulted arguments (nested components for `call:` params)."""
+
+    name: str
+    args: dict
+
+
+@frozen
+class DataSource:
+    """A dataset, its splits (name, fraction) and the shapes of x and y (feature dims, batch left out)."""
+
+    name: str
+    source: Component
+    splits: tuple[tuple[str, float], ...]
+    x_dim: int | None
+    y_dim: int | None
+
+
+@frozen
+class Module:
+    """A model (`role` model) or a head; `in_dim` inferred from where it is applied."""
+
+    name: str
+    role: str
+    component: Component
+    in_dim: int | None
+    out_dim: int | None
+
+
+@frozen
+class MetaParam:
+    """A meta-parameter: kind scalar, vector, network or factored."""
+
+    name: str
+    kind: str
+    size: int
+    init: float
+    bounds: tuple[float, float] | None
+    network: Component | None
+
+
+@frozen
+class Let:
+    """A named expression; `meta_only` when it depends on meta-parameters alone (a transform)."""
+
+    name: str
+    expr: IExpr
+    meta_only: bool
+
+
+@frozen
+class DataRef:
+    """A dataset split read in batches."""
+
+    dataset: str
+    split: str | None
+    batch: int
+
+
+@frozen
+class StagePlan:
+    """A pretrain or finetune stage. `trains`: the modules its optimizer updates."""
+
+    kind: str
+    data: DataRef
+    loss: IExpr
+    optimizer: Component
+    steps: int
+    unroll: int
+    trains: tuple[str, ...]
+
+
+@frozen
+class Objective:
+    """The meta-objective and the split it is measured on."""
+
+    expr: IExpr
+    data: DataRef
+
+
+@frozen
+class Estimator:
+    """How the hypergradient passes through one stage."""
+
+    stage: str
+    method: Component
+
+
+@frozen
+class Train:
+    """The outer loop's settings."""
+
+    meta_steps: int
+    warmup: int
+    seed: int
+    device: str
+    log_every: int
+
+
+@frozen
+class Evaluate:
+    """The evaluation protocol and the baselines it compares against."""
+
+    protocol: Component
+    baselines: tuple[str, ...]
+
+
+@frozen
+class Plan:
+    """A whole compiled spec."""
+
+    name: str
+    doc: str
+    datasets: tuple[DataSource, ...]
+    modules: tuple[Module, ...]
+    metas: tuple[MetaParam, ...]
+    lets: tuple[Let, ...]
+    pretrain: StagePlan
+    finetune: StagePlan
+    objective: Objective
+    estimators: tuple[Estimator, ...]
+    meta_optimizer: Component
+    train: Train
+    evaluate: Evaluate | None
+    hg_check_every: int | None = None
+
+
+def to_json(node) -> Any:
+    """The IR as plain JSON values, each node tagged with its class name."""
+    if attrs.has(type(node)):
+        out = {"node": type(node).__name__}
+        out.update({f.name: to_json(getattr(node, f.name)) for f in attrs.fields(type(node))})
+        return out
+    if isinstance(node, (tuple, list)):
+        return [to_json(v) for v in node]
+    if isinstance(node, dict):
+        return {k: to_json(v) for k, v in node.items()}
+    return node

@@ -1,0 +1,174 @@
+"""lower(checked) -> ir.Plan, and compile_spec(text, path) running the whole chain.
+
+    >>> plan = compile_spec(open(QUICKSTART).read(), QUICKSTART)
+    >>> plan.pretrain.steps, plan.finetune.unroll
+    (10, 1)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mptc.compiler import ast, ir
+from mptc.compiler.check import DEFAULT_OPTIMIZER, TRAIN_OPTIONS, Checked, _calls, _free, check
+from mptc.compiler.parse import parse
+from mptc.compiler.values import check_value, defaults, fold
+from mptc.runtime.catalog import ESTIMATOR_DEFAULTS
+from mptc.runtime.registry import ESTIMATORS
+
+QUICKSTART = str(Path(__file__).resolve().parent.parent / "specs" / "quickstart.mpt")
+DEFAULT_BATCH = 128
+DEFAULT_STEPS = {"pretrain": 10, "finetune": 1}
+DEFAULT_META_OPTIMIZER = ir.Component("adam", {"lr": 1.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                                               "weight_decay": 0.0})
+
+
+def _component(checked: dict | None) -> ir.Component | None:
+    if checked is None:
+        return None
+    args = {k: _component(v) if isinstance(v, dict) and "name" in v else v for k, v in checked["args"].items()}
+    return ir.Component(checked["name"], args)
+
+
+class _Lower:
+    """Builds the plan from a checked spec (which guarantees every lookup here succeeds)."""
+
+    def __init__(self, c: Checked):
+        self.c = c
+        self.metas = {n for n, d in c.decls.items() if isinstance(d, ast.MetaDecl)}
+        self.lets = {n: d for n, d in c.decls.items() if isinstance(d, ast.LetDecl)}
+
+    def expr(self, e) -> ir.IExpr:
+        if isinstance(e, ast.Number):
+            return ir.Const(e.value)
+        if isinstance(e, ast.ListExpr):
+            return ir.Const(fold(e))
+        if isinstance(e, ast.Ref):
+            name = e.dotted
+            return ir.Input(name) if name in ("x", "y") else ir.MetaRef(name) if name in self.metas else ir.LetRef(name)
+        if isinstance(e, ast.Call):
+            name = e.func.dotted
+            if name in self.c.decls:
+                return ir.Apply(name, self.expr(e.args[0]))
+            return ir.Fn(name, tuple(self.expr(a) for a in e.args))
+        if isinstance(e, ast.BinOp):
+            return ir.Bin(e.op, self.expr(e.left), self.expr(e.right))
+        if isinstance(e, ast.Neg):
+            return ir.Neg(self.expr(e.operand))
+        return ir.Index(self.expr(e.target), self.expr(e.index))
+
+    def datasets(self):
+        for name, d in self.c.decls.items():
+            if isinstance(d, ast.DataDecl):
+                shapes = self.c.data_shapes[name]
+                splits = tuple((p.name, float(fold(p.fraction))) for p in d.split)
+                yield ir.DataSource(name, _component(self.c.args[id(d.source)]), splits,
+                                    shapes["x"][1], shapes["y"][1])
+
+    def modules(self):
+        for name, d in self.c.decls.items():
+            if isinstance(d, (ast.ModelDecl, ast.HeadDecl)):
+                comp = _component(self.c.args[id(d.component)])
+                role = "model" if isinstance(d, ast.ModelDecl) else "head"
+                out = comp.args.get("out") or (comp.args.get("hidden") or [None])[-1]
+                yield ir.Module(name, role, comp, self.c.in_dims.get(name), out)
+
+    def meta_params(self):
+        for name, d in self.c.decls.items():
+            if isinstance(d, ast.MetaDecl):
+                yield self.meta(name, d)
+
+    def meta(self, name, d):
+        t = d.type
+        kind = type(t).__name__.removesuffix("Type").lower()
+        size = t.length if isinstance(t, ast.VectorType) else self.c.space_sizes.get(getattr(t, "space", None), 1)
+        network = _component(self.c.args[id(t.component)]) if isinstance(t, ast.NetworkType) else None
+        bounds = tuple(float(fold(b)) for b in d.bounds) if d.bounds else None
+        init = float(fold(d.init)) if d.init is not None else 0.0
+        return ir.MetaParam(name, kind, size, init, bounds, network)
+
+    def data_ref(self, clause_or_ref, batch):
+        ref = clause_or_ref.ref if isinstance(clause_or_ref, ast.DataClause) else clause_or_ref
+        split = ".".join(ref.parts[1:]) or None
+        return ir.DataRef(ref.parts[0], split, batch or DEFAULT_BATCH)
+
+    def stage(self, kind: str) -> ir.StagePlan:
+        found = self.c.stages[kind]
+        optimizer = (_component(self.c.args[id(found["optimizer"].call)]) if "optimizer" in found
+                     else _component(DEFAULT_OPTIMIZER[kind]))
+        data = self.data_ref(found["data"], found["data"].batch)
+        modules = self.modules_in(found["loss"].expr)
+        unroll = found["unroll"].k if "unroll" in found else DEFAULT_STEPS["finetune"]
+        trains = modules
+        if kind == "finetune":
+            pt_modules = set(self.modules_in(self.c.stages["pretrain"]["loss"].expr))
+            update = tuple(i.name for i in found["unroll"].update) if "unroll" in found else ()
+            trains = update or tuple(m for m in modules if m not in pt_modules)
+        steps = found["steps"].n if "steps" in found else DEFAULT_STEPS[kind]
+        return ir.StagePlan(kind, data, self.expr(found["loss"].expr), optimizer, steps, unroll, trains)
+
+    def modules_in(self, expr) -> tuple[str, ...]:
+        names = _free(expr, self.lets) | _calls(expr)
+        return tuple(n for n, d in self.c.decls.items()
+                     if n in names and isinstance(d, (ast.ModelDecl, ast.HeadDecl)))
+
+    def estimators(self):
+        hg = _single(self.c.spec, ast.HypergradientDecl)
+        given = {e.stage: _component(self.c.args[id(e.estimator)]) for e in (hg.entries if hg else ())}
+        for stage, default in ESTIMATOR_DEFAULTS.items():
+            method = given.get(stage) or _component(defaults(ESTIMATORS, default))
+            yield ir.Estimator(stage, method)
+
+    def train(self) -> ir.Train:
+        decl = _single(self.c.spec, ast.TrainDecl)
+        given = {o.key: o.value for o in decl.options} if decl else {}
+        values = {p.name: check_value(p, given[p.name], [], {}) if p.name in given else p.default
+                  for p in TRAIN_OPTIONS}
+        return ir.Train(**values)
+
+    def evaluate(self) -> ir.Evaluate | None:
+        decl = _single(self.c.spec, ast.EvaluateDecl)
+        if decl is None:
+            return None
+        return ir.Evaluate(_component(self.c.args[id(decl.call)]), tuple(i.name for i in decl.against))
+
+    def plan(self) -> ir.Plan:
+        header = _single(self.c.spec, ast.SpecHeader)
+        objective = _single(self.c.spec, ast.ObjectiveDecl)
+        meta_opt = _single(self.c.spec, ast.MetaOptimizerDecl)
+        ft_batch = self.c.stages["finetune"]["data"].batch
+        hg = _single(self.c.spec, ast.HypergradientDecl)
+        return ir.Plan(
+            name=header.name if header else Path(self.c.spec.span.path).stem,
+            doc=(header.doc or "") if header else "",
+            datasets=tuple(self.datasets()),
+            modules=tuple(self.modules()),
+            metas=tuple(self.meta_params()),
+            lets=tuple(ir.Let(n, self.expr(self.lets[n].value), n in self.c.meta_only_lets)
+                       for n in self.c.let_order),
+            pretrain=self.stage("pretrain"),
+            finetune=self.stage("finetune"),
+            objective=ir.Objective(self.expr(objective.expr), self.data_ref(objective.on, ft_batch)),
+            estimators=tuple(self.estimators()),
+            meta_optimizer=_component(self.c.args[id(meta_opt.call)]) if meta_opt else DEFAULT_META_OPTIMIZER,
+            train=self.train(),
+            evaluate=self.evaluate(),
+            hg_check_every=hg.check_every if hg else None,
+        )
+
+
+def _single(spec, kind):
+    return next((i for i in spec.items if isinstance(i, kind)), None)
+
+
+def lower(checked: Checked) -> ir.Plan:
+    """The IR plan of a checked spec."""
+    return _Lower(checked).plan()
+
+
+def compile_spec(text: str, path: str = "<spec>", overrides: list[str] = ()) -> ir.Plan:
+    """parse -> (overrides) -> check -> lower. Raises SyntaxProblem or SpecErrors on user mistakes."""
+    spec = parse(text, path)
+    if overrides:
+        from mptc.compiler.overrides import apply_overrides
+        spec = apply_overrides(spec, overrides)
+    return lower(check(spec))

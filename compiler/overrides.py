@@ -1,0 +1,152 @@
+"""`--set key=value` overrides: dotted paths into the spec's AST, applied before the checks so that an
+override is checked exactly like the spec text. A value is parsed as a .mpt expression; its spans point
+into a synthetic source named `--set KEY=VALUE`, so errors in it render like any other.
+
+Paths: `train.seed`, `meta_optimizer.lr`, `evaluate.seeds`, `data.NAME.ARG`, `model.NAME.ARG`,
+`head.NAME.ARG`, `pretrain.optimizer.lr`, `pretrain.steps`, `pretrain.data.batch`, `finetune.unroll`,
+`meta.NAME.init`.
+
+    >>> from mptc.compiler.parse import parse
+    >>> spec = parse("train seed 0", "q.mpt")
+    >>> apply_overrides(spec, ["train.seed=3"]).items[0].options[0].value.value
+    3
+"""
+from __future__ import annotations
+
+import attrs
+
+from mptc.compiler import ast
+from mptc.compiler.parse import parse
+from mptc.errors import BadArgument, Span, SpecErrors, UnknownName, did_you_mean
+
+SOURCES: dict[str, str] = {}  # synthetic path -> text, for rendering errors in overrides
+
+
+def _source(item: str) -> tuple[str, str, str, Span, Span]:
+    path = f"--set {item}"
+    SOURCES[path] = item
+    key, sep, value = item.partition("=")
+    key_span = Span(path, 1, 1, 1, max(len(key), 1) + 1)
+    if not sep or not key or not value:
+        raise SpecErrors([BadArgument(key_span, "--set takes KEY=VALUE, e.g. --set train.seed=3")], item)
+    return path, key, value, key_span, Span(path, 1, len(key) + 2, 1, len(item) + 1)
+
+
+def _value(path: str, key: str, value: str):
+    """Parses VALUE as an expression whose columns point into `KEY=VALUE`."""
+    expr = parse(" " * (len(key) + 1) + value, path, start="expr")
+    return expr
+
+
+def _set_kwarg(call: ast.Call, name: str, value, key_span) -> ast.Call:
+    kwargs = [k for k in call.kwargs if k.name != name] + [ast.Kwarg(value.span, name, value)]
+    return attrs.evolve(call, kwargs=tuple(kwargs))
+
+
+def _fail(key_span, message, options=(), name=None):
+    hint = did_you_mean(name, options) if name else None
+    raise SpecErrors([UnknownName(key_span, message, hint=hint)], "")
+
+
+def _named(spec, kind, name, key_span, what):
+    found = [i for i in spec.items if isinstance(i, kind) and i.name == name]
+    if not found:
+        names = [i.name for i in spec.items if isinstance(i, kind)]
+        _fail(key_span, f"no {what} '{name}' in the spec", names, name)
+    return found[0]
+
+
+def _replace(spec, old, new):
+    return attrs.evolve(spec, items=tuple(new if i is old else i for i in spec.items))
+
+
+def _override_call_holder(spec, parts, value, key_span):
+    kind = {"data": (ast.DataDecl, "source"), "model": (ast.ModelDecl, "component"),
+            "head": (ast.HeadDecl, "component")}[parts[0]]
+    if len(parts) != 3:
+        raise SpecErrors([BadArgument(key_span, f"use --set {parts[0]}.NAME.ARGUMENT=VALUE")], "")
+    decl = _named(spec, kind[0], parts[1], key_span, parts[0])
+    call = getattr(decl, kind[1])
+    return _replace(spec, decl, attrs.evolve(decl, **{kind[1]: _set_kwarg(call, parts[2], value, key_span)}))
+
+
+def _override_single(spec, parts, value, key_span):
+    kind = {"train": ast.TrainDecl, "meta_optimizer": ast.MetaOptimizerDecl, "evaluate": ast.EvaluateDecl}[parts[0]]
+    decl = next((i for i in spec.items if isinstance(i, kind)), None)
+    if len(parts) != 2:
+        raise SpecErrors([BadArgument(key_span, f"use --set {parts[0]}.KEY=VALUE")], "")
+    if decl is None and kind is ast.TrainDecl:
+        return attrs.evolve(spec, items=spec.items + (ast.TrainDecl(value.span, (ast.Option(value.span, parts[1], value),)),))
+    if decl is None:
+        _fail(key_span, f"the spec has no '{parts[0]}' to override")
+    if kind is ast.TrainDecl:
+        options = [o for o in decl.options if o.key != parts[1]] + [ast.Option(value.span, parts[1], value)]
+        return _replace(spec, decl, attrs.evolve(decl, options=tuple(options)))
+    return _replace(spec, decl, attrs.evolve(decl, call=_set_kwarg(decl.call, parts[1], value, key_span)))
+
+
+_STAGE_INT = {"steps": (ast.StepsClause, "n"), "unroll": (ast.UnrollClause, "k")}
+
+
+def _override_stage(spec, parts, value, key_span):
+    stage = next((i for i in spec.items if isinstance(i, ast.Stage) and i.kind == parts[0]), None)
+    if stage is None:
+        _fail(key_span, f"the spec has no '{parts[0]}' block")
+    rest = parts[1:]
+    if rest[:1] == ["optimizer"] and len(rest) == 2:
+        clause = next((c for c in stage.clauses if isinstance(c, ast.OptimizerClause)), None)
+        if clause is None:
+            _fail(key_span, f"'{parts[0]}' has no 'optimizer' clause")
+        new = attrs.evolve(clause, call=_set_kwarg(clause.call, rest[1], value, key_span))
+    elif rest == ["data", "batch"] or (len(rest) == 1 and rest[0] in _STAGE_INT):
+        new = _int_clause(stage, rest, value, key_span)
+    else:
+        opts = ["optimizer.lr", "steps", "unroll", "data.batch"]
+        _fail(key_span, f"cannot override '{'.'.join(rest)}' of {parts[0]} (try: {', '.join(opts)})", opts, ".".join(rest))
+    clauses = tuple(new if c is _clause_of(stage, new) else c for c in stage.clauses)
+    return _replace(spec, stage, attrs.evolve(stage, clauses=clauses))
+
+
+def _clause_of(stage, new):
+    return next(c for c in stage.clauses if type(c) is type(new))
+
+
+def _int_clause(stage, rest, value, key_span):
+    if not isinstance(value, ast.Number) or not isinstance(value.value, int):
+        raise SpecErrors([BadArgument(value.span, f"'{'.'.join(rest)}' must be an integer")], "")
+    if rest[0] == "data":
+        clause = next((c for c in stage.clauses if isinstance(c, ast.DataClause)), None)
+        field = "batch"
+    else:
+        kind, field = _STAGE_INT[rest[0]]
+        clause = next((c for c in stage.clauses if isinstance(c, kind)), None)
+    if clause is None:
+        _fail(key_span, f"'{stage.kind}' has no '{rest[0]}' clause to override")
+    return attrs.evolve(clause, **{field: value.value})
+
+
+ROOTS = ("data", "model", "head", "train", "meta_optimizer", "evaluate", "pretrain", "finetune", "meta")
+
+
+def apply_override(spec: ast.Spec, item: str) -> ast.Spec:
+    """One `KEY=VALUE` applied to the spec's AST."""
+    path, key, text, key_span, value_span = _source(item)
+    value = _value(path, key, text)
+    parts = key.split(".")
+    if parts[0] in ("data", "model", "head"):
+        return _override_call_holder(spec, parts, value, key_span)
+    if parts[0] in ("train", "meta_optimizer", "evaluate"):
+        return _override_single(spec, parts, value, key_span)
+    if parts[0] in ("pretrain", "finetune"):
+        return _override_stage(spec, parts, value, key_span)
+    if parts[0] == "meta" and len(parts) == 3 and parts[2] == "init":
+        decl = _named(spec, ast.MetaDecl, parts[1], key_span, "meta-parameter")
+        return _replace(spec, decl, attrs.evolve(decl, init=value))
+    _fail(key_span, f"unknown override root '{parts[0]}' (known: {', '.join(ROOTS)})", ROOTS, parts[0])
+
+
+def apply_overrides(spec: ast.Spec, items) -> ast.Spec:
+    """Every `--set` in order."""
+    for item in items:
+        spec = apply_override(spec, item)
+    return spec

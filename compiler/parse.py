@@ -1,0 +1,293 @@
+"""parse(text, path) -> ast.Spec: the grammar file drives a Lark LALR parser; a Transformer builds nodes.
+
+    >>> spec = parse('model encoder = mlp(hidden: [64])', "q.mpt")
+    >>> spec.items[0].component.func.dotted
+    'mlp'
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
+from lark.exceptions import UnexpectedEOF, VisitError
+
+from mptc.compiler import ast
+from mptc.errors import Span, SyntaxProblem
+
+GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "mpt.lark"
+
+
+@functools.cache
+def parser(strict: bool = False) -> Lark:
+    """The one Lark parser, built once per process (and cached on disk by lark between processes)."""
+    return Lark.open(str(GRAMMAR), parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                     start=["start", "expr"], strict=strict, cache=not strict)
+
+
+def span_of(meta, path: str) -> Span:
+    """The only place a lark position (a rule's meta or a token) becomes a Span."""
+    if getattr(meta, "empty", False):
+        return Span(path, 1, 1, 1, 1)
+    return Span(path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _number(text: str):
+    return int(text) if text.isdigit() else float(text)
+
+
+@v_args(meta=True)
+class _Build(Transformer):
+    """Builds ast nodes; checks live in later passes (an exception here would arrive wrapped)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def _s(self, meta) -> Span:
+        return span_of(meta, self.path)
+
+    def _ident(self, tok: Token) -> ast.Ident:
+        return ast.Ident(span_of(tok, self.path), str(tok))
+
+    # expressions
+    def number(self, meta, c):
+        return ast.Number(self._s(meta), _number(str(c[0])), str(c[0]))
+
+    def neg_number(self, meta, c):
+        return ast.Number(self._s(meta), -_number(str(c[0])), "-" + str(c[0]))
+
+    def string(self, meta, c):
+        return ast.String(self._s(meta), bytes(str(c[0])[1:-1], "utf-8").decode("unicode_escape"))
+
+    def symbol(self, meta, c):
+        return ast.Ref(self._s(meta), (str(c[0]),))
+
+    def ref(self, meta, c):
+        return ast.Ref(self._s(meta), tuple(str(t) for t in c))
+
+    def kwarg(self, meta, c):
+        return ast.Kwarg(self._s(meta), str(c[0]), c[1])
+
+    def call(self, meta, c):
+        args = tuple(a for a in c[1:] if a is not None)
+        pos = tuple(a for a in args if not isinstance(a, ast.Kwarg))
+        kws = tuple(a for a in args if isinstance(a, ast.Kwarg))
+        return ast.Call(self._s(meta), c[0], pos, kws)
+
+    def _binop(op):
+        return lambda self, meta, c: ast.BinOp(self._s(meta), op, c[0], c[1])
+
+    add, sub, mul, div, pow = _binop("+"), _binop("-"), _binop("*"), _binop("/"), _binop("**")
+
+    def neg(self, meta, c):
+        return ast.Neg(self._s(meta), c[0])
+
+    def index(self, meta, c):
+        return ast.Index(self._s(meta), c[0], c[1])
+
+    def list(self, meta, c):
+        return ast.ListExpr(self._s(meta), tuple(x for x in c if x is not None))
+
+    def name_list(self, meta, c):
+        return tuple(self._ident(t) for t in c)
+
+    # declarations
+    def start(self, meta, c):
+        return ast.Spec(self._s(meta), tuple(c))
+
+    def spec_decl(self, meta, c):
+        doc = None if c[1] is None else bytes(str(c[1])[1:-1], "utf-8").decode("unicode_escape")
+        return ast.SpecHeader(self._s(meta), str(c[0]), doc)
+
+    def data_decl(self, meta, c):
+        return ast.DataDecl(self._s(meta), str(c[0]), c[1], c[2] or ())
+
+    def split(self, meta, c):
+        return tuple(c)
+
+    def split_part(self, meta, c):
+        return ast.SplitPart(self._s(meta), str(c[0]), c[1])
+
+    def model_decl(self, meta, c):
+        return ast.ModelDecl(self._s(meta), str(c[0]), c[1])
+
+    def head_decl(self, meta, c):
+        return ast.HeadDecl(self._s(meta), str(c[0]), c[1])
+
+    def meta_decl(self, meta, c):
+        return ast.MetaDecl(self._s(meta), str(c[0]), c[1], c[2], c[3])
+
+    def bounds(self, meta, c):
+        return (c[0], c[1])
+
+    def scalar_type(self, meta, c):
+        return ast.ScalarType(self._s(meta))
+
+    def vector_type(self, meta, c):
+        return ast.VectorType(self._s(meta), int(c[0]))
+
+    def network_type(self, meta, c):
+        return ast.NetworkType(self._s(meta), c[0])
+
+    def factored_type(self, meta, c):
+        return ast.FactoredType(self._s(meta), str(c[0]))
+
+    def let_decl(self, meta, c):
+        return ast.LetDecl(self._s(meta), str(c[0]), c[1])
+
+    # stages
+    def _stage(kind):
+        def build(self, meta, c):
+            name = str(c[0]) if c and isinstance(c[0], Token) else None
+            clauses = tuple(c[1:] if name is not None else c)
+            return ast.Stage(self._s(meta), kind, name, clauses)
+        return build
+
+    pretrain_block, finetune_block, auxiliary_block = _stage("pretrain"), _stage("finetune"), _stage("auxiliary")
+
+    def data_clause(self, meta, c):
+        return ast.DataClause(self._s(meta), c[0], None if c[1] is None else int(c[1]))
+
+    def loss_clause(self, meta, c):
+        return ast.LossClause(self._s(meta), c[0])
+
+    def optimizer_clause(self, meta, c):
+        return ast.OptimizerClause(self._s(meta), c[0])
+
+    def steps_clause(self, meta, c):
+        return ast.StepsClause(self._s(meta), int(c[0]))
+
+    def unroll_clause(self, meta, c):
+        return ast.UnrollClause(self._s(meta), int(c[0]), c[1] or ())
+
+    def augment_clause(self, meta, c):
+        return ast.AugmentClause(self._s(meta), c[0])
+
+    def sample_clause(self, meta, c):
+        return ast.SampleClause(self._s(meta), int(c[0]))
+
+    def weights_clause(self, meta, c):
+        return ast.WeightsClause(self._s(meta), c[0])
+
+    def end_task_weight_clause(self, meta, c):
+        return ast.EndTaskWeightClause(self._s(meta), c[0])
+
+    # spaces
+    def space_decl(self, meta, c):
+        factors = tuple(x for x in c[1:] if isinstance(x, ast.Factor))
+        excludes = tuple(x for x in c[1:] if isinstance(x, ast.Exclude))
+        return ast.SpaceDecl(self._s(meta), str(c[0]), factors, excludes)
+
+    def factor(self, meta, c):
+        return ast.Factor(self._s(meta), str(c[0]), c[1])
+
+    def exclude(self, meta, c):
+        return ast.Exclude(self._s(meta), tuple(c))
+
+    def cond_in(self, meta, c):
+        return ast.Condition(self._s(meta), str(c[0]), "in", c[1])
+
+    def cond_eq(self, meta, c):
+        return ast.Condition(self._s(meta), str(c[0]), "==", (self._ident(c[1]),))
+
+    def cond_ne(self, meta, c):
+        return ast.Condition(self._s(meta), str(c[0]), "!=", (self._ident(c[1]),))
+
+    # the meta level
+    def objective_decl(self, meta, c):
+        return ast.ObjectiveDecl(self._s(meta), c[0], c[1])
+
+    def hypergradient_decl(self, meta, c):
+        entries = tuple(x for x in c if isinstance(x, ast.HgEntry))
+        return ast.HypergradientDecl(self._s(meta), entries, c[-1])
+
+    def hg_entry(self, meta, c):
+        return ast.HgEntry(self._s(meta), str(c[0]), c[1])
+
+    def hg_check(self, meta, c):
+        return int(c[0])
+
+    def meta_optimizer_decl(self, meta, c):
+        return ast.MetaOptimizerDecl(self._s(meta), c[0])
+
+    def train_decl(self, meta, c):
+        return ast.TrainDecl(self._s(meta), tuple(c))
+
+    def option(self, meta, c):
+        return ast.Option(self._s(meta), str(c[0]), c[1])
+
+    def evaluate_decl(self, meta, c):
+        return ast.EvaluateDecl(self._s(meta), c[0], c[1] or ())
+
+
+# ---- syntax errors -------------------------------------------------------------------------------
+# Common slips, recognised by example (lark's match_examples): each label maps to snippets that fail
+# in the same parser state as the user's text.
+_SLIPS = {
+    "missing '}' to close the block": [
+        "pretrain { steps 1 ", "finetune { steps 1 ", "pretrain { steps 1 \n model m = mlp()",
+        "finetune { unroll 1 \n train seed 0"],
+    "':' where '=' belongs": ["data pt: x()", "model m: mlp()", "let a: 1", "head h: linear()"],
+    "'=' where ':' belongs (keyword arguments are written `name: value`)": [
+        "model m = mlp(a = 1)", "model m = mlp(a: 1, b = 2)", "let a = f(x = 1)"],
+    "keyword argument without a name": ["model m = mlp(: 1)", "model m = mlp(a: 1, : 2)"],
+    "stray comma": ["model m = mlp(a: 1,)", "model m = mlp(,a: 1)", "let a = [1,]",
+                    "model m = mlp(a: 1,, b: 2)", "evaluate f() against a,", "hypergradient a: b,"],
+    "missing ')'": ["model m = mlp(a: 1", "let a = f(1", "let a = (1 + 2"],
+}
+
+_FRIENDLY = {"NAME": "a name", "INT": "an integer", "NUMBER": "a number", "STRING": "a string",
+             "$END": "the end of the file"}
+
+
+def _describe(term: str) -> str:
+    if term in _FRIENDLY:
+        return _FRIENDLY[term]
+    for t in parser().terminals:
+        if t.name == term and t.pattern.type == "str":
+            return f"'{t.pattern.value}'"
+    return term
+
+
+def _expected(err) -> str:
+    names = sorted({_describe(t) for t in getattr(err, "expected", ()) or ()})
+    if not names:
+        return ""
+    return "; expected " + (names[0] if len(names) == 1 else "one of " + ", ".join(names))
+
+
+def _slip(err: UnexpectedInput, start: str) -> str | None:
+    try:
+        return err.match_examples(functools.partial(parser().parse, start=start), _SLIPS, use_accepts=True)
+    except Exception:  # a label whose examples happen to parse: no named message, the plain one stands
+        return None
+
+
+def _syntax_error(err: UnexpectedInput, text: str, path: str, start: str) -> SyntaxProblem:
+    if isinstance(err, UnexpectedToken) and err.token.type == "$END" or isinstance(err, UnexpectedEOF):
+        line = text.count("\n") + 1
+        col = len(text) - (text.rfind("\n") + 1) + 1
+        what = "unexpected end of file"
+    elif isinstance(err, UnexpectedCharacters):
+        line, col = err.line, err.column
+        what = f"unexpected character {text[err.pos_in_stream]!r}"
+    else:
+        line, col = err.token.line, err.token.column
+        what = f"unexpected {str(err.token)!r}"
+    width = len(str(err.token)) if isinstance(err, UnexpectedToken) and err.token.type != "$END" else 1
+    slip = _slip(err, start)
+    message = f"syntax error: {slip}" if slip else f"syntax error: {what}{_expected(err)}"
+    return SyntaxProblem(Span(path, line, col, line, col + max(width, 1)), message)
+
+
+def parse(text: str, path: str = "<spec>", start: str = "start"):
+    """Parses .mpt text into an ast.Spec (or an expression with start="expr"); raises SyntaxProblem."""
+    try:
+        tree = parser().parse(text, start=start)
+    except UnexpectedInput as err:
+        raise _syntax_error(err, text, path, start) from None
+    try:
+        return _Build(path).transform(tree)
+    except VisitError as err:  # a literal the transformer cannot convert (e.g. a bad escape)
+        raise SyntaxProblem(span_of(err.obj.meta, path), f"syntax error: {err.orig_exc}") from None

@@ -1,0 +1,77 @@
+"""AANG search spaces: the static, deterministic expansion of `space` declarations.
+
+A space is the cartesian product of its factors' choices, in declaration order, minus every
+combination that satisfies all conditions of some `exclude` rule. Each objective is named by its
+choices joined with dots, e.g. `task.bert_op.bidirectional.denoise`.
+
+    >>> from mptc.compiler.parse import parse
+    >>> decl = parse("space s = a{p, q} x b{u, v} exclude a == p and b == v", "<t>").items[0]
+    >>> expand(decl, []).objectives
+    ('p.u', 'q.u', 'q.v')
+"""
+from __future__ import annotations
+
+import itertools
+
+import attrs
+
+from mptc.compiler import ast
+from mptc.errors import DuplicateName, UnknownName, did_you_mean
+
+
+@attrs.frozen
+class Expanded:
+    """The objectives of a space, and how many each exclude rule removed (rules in order)."""
+
+    stages: tuple[str, ...]
+    objectives: tuple[str, ...]
+    removed: tuple[int, ...]
+
+
+def _check(decl: ast.SpaceDecl, errors: list) -> dict:
+    choices: dict[str, tuple[str, ...]] = {}
+    for factor in decl.factors:
+        if factor.stage in choices:
+            errors.append(DuplicateName(factor.span, f"stage '{factor.stage}' appears twice in space '{decl.name}'"))
+        names = [c.name for c in factor.choices]
+        for c in factor.choices:
+            if names.count(c.name) > 1:
+                errors.append(DuplicateName(c.span, f"choice '{c.name}' is listed twice"))
+        choices[factor.stage] = tuple(dict.fromkeys(names))
+    for rule in decl.excludes:
+        for cond in rule.conditions:
+            _check_condition(cond, choices, errors)
+    return choices
+
+
+def _check_condition(cond: ast.Condition, choices: dict, errors: list) -> None:
+    if cond.stage not in choices:
+        errors.append(UnknownName(cond.span, f"exclude names unknown stage '{cond.stage}'",
+                                  hint=did_you_mean(cond.stage, choices)))
+        return
+    for value in cond.values:
+        if value.name not in choices[cond.stage]:
+            errors.append(UnknownName(value.span, f"'{value.name}' is not a choice of {cond.stage}",
+                                      hint=did_you_mean(value.name, choices[cond.stage])))
+
+
+def _holds(cond: ast.Condition, combo: dict) -> bool:
+    values = {v.name for v in cond.values}
+    if cond.stage not in combo:
+        return False
+    return (combo[cond.stage] in values) if cond.op != "!=" else (combo[cond.stage] not in values)
+
+
+def expand(decl: ast.SpaceDecl, errors: list) -> Expanded:
+    """All objectives of a space after exclusions, in product order."""
+    choices = _check(decl, errors)
+    stages = tuple(choices)
+    kept, removed = [], [0] * len(decl.excludes)
+    for combo in itertools.product(*choices.values()):
+        named = dict(zip(stages, combo))
+        hit = next((i for i, r in enumerate(decl.excludes) if all(_holds(c, named) for c in r.conditions)), None)
+        if hit is None:
+            kept.append(".".join(combo))
+        else:
+            removed[hit] += 1
+    return Expanded(stages, tuple(kept), tuple(removed))

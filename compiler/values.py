@@ -1,0 +1,176 @@
+"""Compile-time values: constant folding of literal expressions and checking them against a declared
+registry Param (type, choices, range). Errors are appended to a list, never raised one by one.
+
+    >>> from mptc.compiler.parse import parse
+    >>> from mptc.runtime.registry import Param
+    >>> errors = []
+    >>> check_value(Param("lr", "float", min=0), parse("1e-3", "<t>", start="expr"), errors, {})
+    0.001
+"""
+from __future__ import annotations
+
+from mptc.compiler import ast
+from mptc.errors import BadArgument, DuplicateName, OutOfRange, UnknownComponent, did_you_mean
+from mptc.runtime.registry import ALL, REQUIRED, Component, Param
+
+_BOOLS = {"true": True, "false": False}
+
+
+def fold(expr):
+    """The constant value of a literal expression (numbers, strings, lists, bare names as symbols)."""
+    if isinstance(expr, ast.Number):
+        return expr.value
+    if isinstance(expr, ast.String):
+        return expr.value
+    if isinstance(expr, ast.Neg):
+        inner = fold(expr.operand)
+        return -inner if isinstance(inner, (int, float)) and not isinstance(inner, bool) else _NotConst
+    if isinstance(expr, ast.ListExpr):
+        items = [fold(i) for i in expr.items]
+        return _NotConst if _NotConst in items else items
+    if isinstance(expr, ast.Ref):
+        return Symbol(expr.dotted)
+    return _NotConst
+
+
+class Symbol(str):
+    """A bare name used as a value (`metric: auroc`)."""
+
+
+_NotConst = object()
+
+
+def _kind_name(kind: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a name or string",
+            "ints": "a list of integers", "floats": "a list of numbers", "dataset": "a data name",
+            "choice": "one of the listed names"}.get(kind, kind)
+
+
+def _type_error(param: Param, expr, got) -> BadArgument:
+    shown = "a name" if isinstance(got, Symbol) else "a list" if isinstance(got, list) else repr(got)
+    return BadArgument(expr.span, f"'{param.name}' must be {_kind_name(param.kind)}, got {shown}")
+
+
+def _convert(param: Param, expr, value, errors, ctx):
+    kind = param.kind
+    if value is _NotConst:
+        errors.append(BadArgument(expr.span, f"'{param.name}' must be a constant value"))
+        return None
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, (bool, Symbol))
+        return value if ok else errors.append(_type_error(param, expr, value))
+    if kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, Symbol)
+        return float(value) if ok else errors.append(_type_error(param, expr, value))
+    if kind == "bool":
+        return _BOOLS[value] if value in _BOOLS else errors.append(_type_error(param, expr, value))
+    if kind in ("ints", "floats"):
+        return _convert_list(param, expr, value, errors)
+    if kind == "str":
+        return str(value) if isinstance(value, str) else errors.append(_type_error(param, expr, value))
+    if kind == "choice":
+        return _convert_choice(param, expr, value, errors)
+    if kind == "dataset":
+        return _convert_dataset(param, expr, value, errors, ctx)
+    if kind.startswith("call:"):
+        return check_component(ALL[kind[5:]], expr, errors, ctx)
+    return value
+
+
+def _convert_list(param, expr, value, errors):
+    want = int if param.kind == "ints" else (int, float)
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, want) and not isinstance(v, (bool, Symbol)) for v in items):
+        return errors.append(_type_error(param, expr, value))
+    return [float(v) for v in items] if param.kind == "floats" else items
+
+
+def _convert_choice(param, expr, value, errors):
+    if isinstance(value, str) and value in param.choices:
+        return str(value)
+    guess = did_you_mean(str(value), param.choices) if isinstance(value, str) else None
+    errors.append(BadArgument(expr.span, f"'{param.name}' must be one of {', '.join(param.choices)}", hint=guess))
+    return None
+
+
+def _convert_dataset(param, expr, value, errors, ctx):
+    datasets = ctx.get("datasets", {})
+    if isinstance(value, Symbol) and value in datasets:
+        return str(value)
+    guess = did_you_mean(str(value), datasets) if isinstance(value, str) else None
+    errors.append(BadArgument(expr.span, f"'{param.name}' must name a data declaration", hint=guess))
+    return None
+
+
+def _check_range(param: Param, expr, value, errors):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return value
+    low_bad = param.min is not None and (value < param.min or (param.min_exclusive and value == param.min))
+    high_bad = param.max is not None and value > param.max
+    if low_bad or high_bad:
+        bound = (f"> {param.min}" if param.min_exclusive else f">= {param.min}") if low_bad else f"<= {param.max}"
+        errors.append(OutOfRange(expr.span, f"'{param.name}' must be {bound}, got {value}"))
+        return None
+    return value
+
+
+def check_value(param: Param, expr, errors: list, ctx: dict):
+    """The checked value of `expr` for `param`, or None after appending an error."""
+    value = _convert(param, expr, fold(expr) if not param.kind.startswith("call:") else None, errors, ctx)
+    if param.kind in ("ints", "floats") and value is not None:
+        return value if all(_check_range(param, expr, v, errors) is not None for v in value) else None
+    return _check_range(param, expr, value, errors) if value is not None else None
+
+
+def check_args(comp: Component, call: ast.Call | None, errors: list, ctx: dict, span=None) -> dict:
+    """Every declared parameter of `comp` with its checked value (defaults filled in)."""
+    given: dict[str, tuple] = {}
+    positional = call.args if call else ()
+    for i, expr in enumerate(positional):
+        if i >= len(comp.params):
+            errors.append(BadArgument(expr.span, f"{comp.name} takes at most {len(comp.params)} "
+                                      f"positional argument{'s' if len(comp.params) != 1 else ''}"))
+            continue
+        given[comp.params[i].name] = (expr, expr)
+    for kw in call.kwargs if call else ():
+        if comp.param(kw.name) is None:
+            known = [p.name for p in comp.params]
+            listing = f" (it takes {', '.join(known)})" if known else " (it takes none)"
+            errors.append(BadArgument(kw.span, f"{comp.name} has no parameter '{kw.name}'{listing}",
+                                      hint=did_you_mean(kw.name, known)))
+        elif kw.name in given:
+            errors.append(DuplicateName(kw.span, f"'{kw.name}' is given twice"))
+        else:
+            given[kw.name] = (kw, kw.value)
+    return {p.name: _arg(p, given.get(p.name), comp, call, span, errors, ctx) for p in comp.params}
+
+
+def _arg(param, given, comp, call, span, errors, ctx):
+    if given is None:
+        if param.default is REQUIRED:
+            errors.append(BadArgument(call.span if call else span, f"{comp.name} needs '{param.name}'"))
+        if param.kind.startswith("call:") and isinstance(param.default, str):
+            return defaults(ALL[param.kind[5:]], param.default)
+        return None if param.default is REQUIRED else param.default
+    return check_value(param, given[1], errors, ctx)
+
+
+def check_component(registry, expr, errors: list, ctx: dict):
+    """A `name` or `name(args)` naming a component of `registry`: {"name": ..., "args": {...}} or None."""
+    call = expr if isinstance(expr, ast.Call) else None
+    ref = call.func if call else expr
+    if not isinstance(ref, ast.Ref):
+        errors.append(BadArgument(expr.span, f"expected a {registry.kind} name"))
+        return None
+    comp = registry.get(ref.dotted)
+    if comp is None:
+        errors.append(UnknownComponent(ref.span, f"unknown {registry.kind} '{ref.dotted}' "
+                                       f"(known: {', '.join(registry.names())})",
+                                       hint=did_you_mean(ref.dotted, registry.names())))
+        return None
+    return {"name": comp.name, "args": check_args(comp, call, errors, ctx, span=expr.span)}
+
+
+def defaults(registry, name: str) -> dict:
+    """{"name", "args"} of a component called with no arguments (nested defaults expanded)."""
+    return {"name": name, "args": check_args(registry.get(name), None, [], {})}
