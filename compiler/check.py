@@ -18,7 +18,7 @@ from mptc.compiler.space import expand
 from mptc.compiler.values import check_args, check_component, fold
 from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, SpecErrors,
                          UnknownComponent, UnknownName, did_you_mean)
-from mptc.runtime.catalog import B, ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES, ShapeProblem, _fmt
+from mptc.runtime.catalog import B, ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES, ShapeProblem, _fmt, broadcast
 from mptc.runtime.registry import (BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, Param)
 
@@ -286,7 +286,7 @@ class _Checker:
         left, right = self.shape(expr.left, scope), self.shape(expr.right, scope)
         if left is None or right is None:
             return None
-        out = _broadcast(left, right)
+        out = broadcast(left, right)
         if out is None:
             self.err(ShapeMismatch(expr.span, f"cannot combine shapes {_fmt(left)} and {_fmt(right)} with "
                                    f"'{expr.op}'", note=_mismatch_note(expr, left, right)))
@@ -475,18 +475,6 @@ def _role(decl) -> str:
 
 def _valid_device(value: str) -> bool:
     return value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
-
-
-def _broadcast(a, b):
-    """numpy broadcasting of two shapes ("B" only matches "B" or 1); None when they do not broadcast."""
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = a[-i] if i <= len(a) else 1
-        y = b[-i] if i <= len(b) else 1
-        if x != y and 1 not in (x, y):
-            return None
-        out.append(y if x == 1 else x)
-    return tuple(reversed(out))
 
 
 def _mismatch_note(expr, left, right) -> str | None:

@@ -87,11 +87,26 @@ def _same(args, shapes):
     return shapes[0]
 
 
+def broadcast(a, b):
+    """numpy broadcasting of two shapes ("B" only matches "B" or 1); None when they do not broadcast."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(reversed(out))
+
+
 def _pair(args, shapes):
     a, b = shapes
-    if a is not None and b is not None and a != b:
-        raise ShapeProblem(f"its two arguments differ in shape: {_fmt(a)} and {_fmt(b)}")
-    return a if a is not None else b
+    if a is None or b is None:
+        return a if a is not None else b
+    out = broadcast(a, b)
+    if out is None:
+        raise ShapeProblem(f"cannot compare shapes {_fmt(a)} and {_fmt(b)}")
+    return out
 
 
 def _scalar(args, shapes):

@@ -1,0 +1,66 @@
+"""The plan's data: datasets built through the registry, split, moved to the device, and read in batches.
+
+Each stream (pretrain, finetune, objective) samples its batches with its own generator seeded from the
+run's seed, so a run is reproducible and a baseline can replay the same batches (`reseed`).
+"""
+from __future__ import annotations
+
+import torch
+
+from mptc.compiler import ir
+from mptc.errors import RunError
+from mptc.runtime.registry import DATASETS
+
+_STREAMS = ("pretrain", "finetune", "objective")
+
+
+def _build(source: ir.DataSource, built: dict):
+    comp = DATASETS.get(source.source.name)
+    args = dict(source.source.args)
+    for p in comp.params:
+        if p.kind == "dataset":
+            args[p.name] = built[args[p.name]]
+    try:
+        ds = comp.load()(**args)
+    except (OSError, ValueError) as e:  # a missing or malformed file, a size that cannot be split
+        raise RunError(f"data '{source.name}': {e}") from None
+    if source.splits:
+        from mptc.runtime.datasets import split
+        ds = split(ds, dict(source.splits), seed=args.get("seed", 0) or 0)
+    return ds
+
+
+class Data:
+    """Datasets by name and the batch streams of the plan's stages."""
+
+    def __init__(self, plan: ir.Plan, device: torch.device):
+        self.plan, self.device, self.sets = plan, device, {}
+        for source in plan.datasets:
+            self.sets[source.name] = _build(source, self.sets)
+        self.tensors = {n: {s: tuple(t.to(device) for t in xy) for s, xy in ds.splits.items()}
+                        for n, ds in self.sets.items()}
+        self.refs = {"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data}
+        self.reseed(plan.train.seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restarts every batch stream from `seed`."""
+        self.gens = {s: torch.Generator().manual_seed(seed * 1000 + i) for i, s in enumerate(_STREAMS)}
+
+    def _split(self, ref: ir.DataRef):
+        splits = self.tensors[ref.dataset]
+        return splits[ref.split or "all"]
+
+    def batch(self, stream: str):
+        """A random batch (with replacement across batches) from a stage's data."""
+        ref = self.refs[stream]
+        x, y = self._split(ref)
+        idx = torch.randint(0, len(x), (min(ref.batch, len(x)),), generator=self.gens[stream])
+        idx = idx.to(self.device)
+        return x[idx], y[idx]
+
+    def splits(self, name: str) -> dict:
+        """All splits of a dataset (for evaluation)."""
+        return self.tensors[name]
+
+    def info(self, name: str) -> dict:
+        return self.sets[name].info

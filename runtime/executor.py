@@ -1,0 +1,287 @@
+"""Executes an IR plan: Algorithm 1 of Raghu et al. (2021), online as in the published code.
+
+Every PT step updates the PT parameters; between meta-steps the FT head trains online on detached
+features; every P PT steps (after `warmup` PT steps) a meta-step unrolls the FT head K steps, measures
+the meta-objective, passes its gradient through the PT stage by IFT, and steps the meta-parameters.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import attrs
+import torch
+
+from mptc.compiler import ir
+from mptc.errors import RunError
+from mptc.runtime import optim
+from mptc.runtime.data import Data
+from mptc.runtime.estimators import ift, unroll_ft
+from mptc.runtime.program import Program, pick_device
+from mptc.runtime.registry import SOLVERS
+from mptc.runtime.rundir import MetricsLog, default_out, staging, write_json
+
+MAX_NONFINITE = 5  # consecutive non-finite hypergradients before a run stops
+
+
+@attrs.define
+class State:
+    """Everything the outer loop updates: parameters, meta-parameters and optimizer states."""
+
+    params: dict
+    metas: dict
+    pt_opt: object
+    ft_opt: object
+    meta_opt: object
+
+
+class Trainer:
+    """One plan's stages as functions of a State (the loop in `meta_train` owns the order)."""
+
+    def __init__(self, plan: ir.Plan, prog: Program, data: Data):
+        self.plan, self.prog, self.data = plan, prog, data
+        self.pt_keys = prog.keys_of(plan.pretrain.trains)
+        self.ft_keys = prog.keys_of(plan.finetune.trains)
+        self.shared = [k for k in self.pt_keys if k in set(prog.keys_of(self.encoder_modules()))]
+        self.loss_pt = prog.loss(plan.pretrain.loss)
+        self.loss_ft = prog.loss(plan.finetune.loss)
+        self.loss_val = prog.loss(plan.objective.expr)
+        self.pt_opt = optim.build(plan.pretrain.optimizer)
+        self.ft_opt = optim.build(plan.finetune.optimizer)
+        self.meta_opt = optim.build(plan.meta_optimizer)
+        est = {e.stage: e.method for e in plan.estimators}["pretrain"]
+        solver = est.args["solver"]
+        self.solver = SOLVERS.get(solver.name).load()
+        self.solver_args = {k: v for k, v in solver.args.items() if v is not None}
+        self.solver_args.setdefault("scale", plan.pretrain.optimizer.args["lr"]) if solver.name == "neumann" else None
+        self.hessian = est.args.get("hessian", "all")
+
+    def encoder_modules(self) -> list[str]:
+        """Modules both stages use: the pre-trained representation (theta)."""
+        ft_modules = set(_applied(self.plan.finetune.loss)) | set(_applied(self.plan.objective.expr))
+        return [m for m in self.plan.pretrain.trains if m in ft_modules]
+
+    def init_state(self) -> State:
+        params, metas = self.prog.init_params(), self.prog.init_metas()
+        return State(params, metas, self.pt_opt.init(self._sel(params, self.pt_keys)),
+                     self.ft_opt.init(self._sel(params, self.ft_keys)), self.meta_opt.init(list(metas.values())))
+
+    @staticmethod
+    def _sel(params, keys):
+        return [params[k] for k in keys]
+
+    def _apply(self, state: State, keys, opt, opt_state, grads):
+        with torch.no_grad():
+            new, opt_state = opt.update(self._sel(state.params, keys), list(grads), opt_state)
+        state.params.update({k: t.detach().requires_grad_() for k, t in zip(keys, new)})
+        return opt_state
+
+    def pt_step(self, state: State, batch) -> float:
+        """One PT step at fixed meta-parameters."""
+        metas = {n: t.detach() for n, t in state.metas.items()}
+        loss = self.loss_pt(state.params, metas, *batch)
+        grads = torch.autograd.grad(loss, self._sel(state.params, self.pt_keys))
+        state.pt_opt = self._apply(state, self.pt_keys, self.pt_opt, state.pt_opt, grads)
+        return loss.detach()
+
+    def ft_online_step(self, state: State, batch) -> None:
+        """One FT step on the head alone, features detached (the encoder is not trained by FT here)."""
+        view = {k: (t if k in self.ft_keys else t.detach()) for k, t in state.params.items()}
+        loss = self.loss_ft(view, state.metas, *batch)
+        grads = torch.autograd.grad(loss, self._sel(view, self.ft_keys))
+        state.ft_opt = self._apply(state, self.ft_keys, self.ft_opt, state.ft_opt, grads)
+
+    def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):
+        """(L_val, {meta: dL_val/dphi}, solver info): FT unroll, then IFT through the PT stage."""
+        k = self.plan.finetune.unroll
+        ft_state = self.ft_opt.init(self._sel(state.params, self.ft_keys))
+        l_val, v, direct = unroll_ft(self.loss_ft, self.loss_val, state.params, state.metas, self.ft_keys,
+                                     self.ft_opt, ft_state, k, ft_batches, val_batch, wrt=self.pt_keys)
+        keys = self.shared if self.hessian == "encoder" else self.pt_keys
+        hg, info = ift(self.loss_pt, state.params, state.metas, pt_batch, v, self.pt_keys, self.solver,
+                       self.solver_args, hessian_keys=keys)
+        return l_val, {n: hg[n] + direct[n] for n in hg}, info
+
+    def meta_step(self, state: State, hg: dict) -> None:
+        names = list(state.metas)
+        with torch.no_grad():
+            new, state.meta_opt = self.meta_opt.update([state.metas[n] for n in names],
+                                                       [hg[n] for n in names], state.meta_opt)
+        bounds = {m.name: m.bounds for m in self.plan.metas}
+        state.metas = {n: _clamp(t, bounds[n]).detach().requires_grad_() for n, t in zip(names, new)}
+
+
+def _clamp(t, bounds):
+    return t if bounds is None else t.clamp(*bounds)
+
+
+def _applied(e) -> list[str]:
+    """Modules applied anywhere in an IR expression."""
+    if isinstance(e, ir.Apply):
+        return [e.module, *_applied(e.arg)]
+    if attrs.has(type(e)):
+        out = []
+        for f in attrs.fields(type(e)):
+            child = getattr(e, f.name)
+            for c in child if isinstance(child, tuple) else (child,):
+                out += _applied(c)
+        return out
+    return []
+
+
+def _norm(hg: dict) -> float:
+    return math.sqrt(sum(float((g * g).sum()) for g in hg.values()))
+
+
+def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None, meta: bool = True) -> State:
+    """The outer loop: PT steps, FT online steps and, every P steps, a meta-step."""
+    plan, data = trainer.plan, trainer.data
+    P, warmup, K = plan.pretrain.steps, plan.train.warmup, plan.finetune.unroll
+    total = warmup + plan.train.meta_steps * P
+    t0, timings, nonfinite, meta_step, pt_losses = time.perf_counter(), {}, 0, 0, []
+    for step in range(1, total + 1):
+        # ---- PT step (meta-parameters fixed) ---------------------------------------------------
+        pt_batch = data.batch("pretrain")
+        pt_losses.append(trainer.pt_step(state, pt_batch))
+        if not meta:
+            continue
+        # ---- FT head, online, on detached features ---------------------------------------------
+        trainer.ft_online_step(state, data.batch("finetune"))
+        if step <= warmup or (step - warmup) % P:
+            continue
+        # ---- FT unroll + meta-objective + IFT hypergradient --------------------------------------
+        meta_step += 1
+        ts = time.perf_counter()
+        ft_batches = [data.batch("finetune") for _ in range(K)]
+        l_val, hg, info = trainer.hypergradient(state, pt_batch, ft_batches, data.batch("objective"))
+        timings["hypergradient_s"] = time.perf_counter() - ts
+        norm = _norm(hg)
+        # ---- meta-step (skipped on a non-finite hypergradient) ---------------------------------
+        if not math.isfinite(norm) or not math.isfinite(float(l_val)):
+            nonfinite += 1
+            if nonfinite >= MAX_NONFINITE:
+                raise RunError(f"non-finite hypergradient at meta-step {meta_step} "
+                               f"({nonfinite} in a row): the run stopped")
+        else:
+            nonfinite = 0
+            trainer.meta_step(state, hg)
+        # ---- log -----------------------------------------------------------------------------------
+        pt_loss = float(torch.stack(pt_losses).mean())
+        pt_losses = []
+        if log and (meta_step % plan.train.log_every == 0 or meta_step == plan.train.meta_steps or meta_step == 1):
+            log.log(step=step, meta_step=meta_step, pt_loss=pt_loss, ft_val_loss=float(l_val),
+                    hypergrad_norm=norm, solver_iters=info["iters"], solver_residual=info["residual"],
+                    skipped=nonfinite > 0, elapsed_s=round(time.perf_counter() - t0, 4), **timings)
+        if bar:
+            bar(meta_step, pt_loss, float(l_val))
+    return state
+
+
+def plain_pretrain(trainer: Trainer) -> State:
+    """The `pretrain` baseline: the same PT steps with the meta-parameters fixed at their initial values."""
+    return meta_train(trainer, trainer.init_state(), None, meta=False)
+
+
+def no_pretrain(trainer: Trainer) -> State:
+    """The `no_pretrain` baseline: the encoder at its initialisation."""
+    return trainer.init_state()
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+def _progress(total: int, enabled: bool):
+    """A rich progress bar: meta-step, PT loss, FT-val loss and meta-steps per second."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("meta-step"), MofNCompleteColumn(), BarColumn(),
+                        TextColumn("pt {task.fields[pt]:.4f}  ft-val {task.fields[val]:.4f}  "
+                                   "{task.fields[rate]:.1f} meta-steps/s"), TimeElapsedColumn(),
+                        disable=not enabled, transient=False)
+    task = progress.add_task("meta", total=total, pt=float("nan"), val=float("nan"), rate=0.0)
+    t0 = time.perf_counter()
+
+    def update(m, pt, val):
+        progress.update(task, completed=m, pt=pt, val=val, rate=m / max(time.perf_counter() - t0, 1e-9))
+    return progress, update
+
+
+def _module_state(prog: Program, params: dict, module: str):
+    return {k: params[full].detach().clone() for k, full in prog.keys[module]}
+
+
+def _encoder(trainer: Trainer, state: State) -> torch.nn.Module:
+    import copy
+    names = trainer.encoder_modules()
+    if len(names) != 1:
+        raise RunError(f"evaluation needs exactly one module shared by pretrain and finetune, found {names}")
+    module = copy.deepcopy(trainer.prog.modules[names[0]])
+    module.load_state_dict(_module_state(trainer.prog, state.params, names[0]))
+    return module
+
+
+def evaluate(trainer: Trainer, states: dict) -> dict:
+    """The evaluation protocol over seeds for each method: {"method": {"metric", "mean", "stderr", "seeds"}}."""
+    from mptc.runtime.evaluate import finetune_evaluate, summarize
+    ev = trainer.plan.evaluate
+    args = dict(ev.protocol.args)
+    seeds = args.pop("seeds")
+    splits = trainer.data.splits(trainer.plan.objective.data.dataset)
+    out = {}
+    for method, state in states.items():
+        encoder = _encoder(trainer, state)
+        values = [finetune_evaluate(encoder, splits, seed=s, **args) for s in range(seeds)]
+        out[method] = {"metric": args["metric"], **summarize(values), "values": values}
+    return out
+
+
+def diagnostics(trainer: Trainer, state: State) -> dict:
+    """Weights against the planted relevant set, where the PT data knows it (synthetic benchmarks)."""
+    from mptc.runtime.evaluate import auroc
+    relevant = trainer.data.info(trainer.plan.pretrain.data.dataset).get("relevant")
+    if relevant is None:
+        return {}
+    out = {}
+    for name, value in trainer.prog.meta_values(state.metas).items():
+        if value.dim() == 1 and value.numel() == len(relevant) and len(set(relevant)) == 2:
+            y = torch.tensor(relevant, dtype=torch.float32)[:, None]
+            out[f"{name}_vs_relevant_auroc"] = auroc(y, value.float().cpu()[:, None])
+    return out
+
+
+def _to_list(t: torch.Tensor):
+    return t.cpu().tolist()
+
+
+def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Path:
+    """Runs a plan end to end and returns its run directory."""
+    from mptc.compiler.ir import to_json
+    out = Path(out) if out else default_out(plan.name)
+    with staging(out) as tmp:
+        (tmp / "spec.mpt").write_text(source)
+        write_json(tmp / "ir.json", to_json(plan))
+        device = pick_device(plan.train.device)
+        torch.manual_seed(plan.train.seed)
+        data = Data(plan, device)
+        prog = Program(plan, device)
+        trainer = Trainer(plan, prog, data)
+        log = MetricsLog(tmp / "metrics.jsonl")
+        bar_ctx, bar = _progress(plan.train.meta_steps, progress)
+        try:
+            with bar_ctx:
+                state = meta_train(trainer, trainer.init_state(), log, bar)
+        finally:
+            log.close()
+        write_json(tmp / "meta.json", {n: _to_list(v) for n, v in prog.meta_values(state.metas).items()})
+        torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
+                    "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
+        write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
+        if plan.evaluate is not None:
+            states = {"meta": state}
+            for name in plan.evaluate.baselines:
+                data.reseed(plan.train.seed)
+                torch.manual_seed(plan.train.seed)
+                from mptc.runtime.registry import BASELINES
+                states[name] = BASELINES.get(name).load()(trainer)
+            write_json(tmp / "eval.json", evaluate(trainer, states))
+    return out

@@ -1,0 +1,65 @@
+"""Functional optimizers as explicit (init, update) pairs over lists of tensors.
+
+`update` is pure and differentiable (no in-place ops), so the same code serves the online steps (under
+no_grad) and the unrolled fine-tuning steps the hypergradient backpropagates through.
+
+    >>> import torch
+    >>> opt = sgd(lr=0.5)
+    >>> p, s = opt.update([torch.tensor(1.0)], [torch.tensor(2.0)], opt.init([torch.tensor(1.0)]))
+    >>> float(p[0])
+    0.0
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+
+class Optimizer(NamedTuple):
+    """init(params) -> state; update(params, grads, state) -> (new params, new state)."""
+
+    init: Callable
+    update: Callable
+    lr: float
+
+
+def _decay(params, grads, weight_decay):
+    return grads if not weight_decay else [g + weight_decay * p for p, g in zip(params, grads)]
+
+
+def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, **_) -> Optimizer:
+    """p <- p - lr * b, with b <- momentum * b + g (b = g without momentum)."""
+    def init(params):
+        return {"buf": [torch.zeros_like(p) for p in params]} if momentum else {}
+
+    def update(params, grads, state):
+        grads = _decay(params, grads, weight_decay)
+        if momentum:
+            grads = [momentum * b + g for b, g in zip(state["buf"], grads)]
+            state = {"buf": grads}
+        return [p - lr * g for p, g in zip(params, grads)], state
+    return Optimizer(init, update, lr)
+
+
+def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+         weight_decay: float = 0.0, **_) -> Optimizer:
+    """Adam with bias correction (Kingma & Ba), weight decay added to the gradient."""
+    def init(params):
+        return {"t": 0, "m": [torch.zeros_like(p) for p in params], "v": [torch.zeros_like(p) for p in params]}
+
+    def update(params, grads, state):
+        grads = _decay(params, grads, weight_decay)
+        t = state["t"] + 1
+        m = [beta1 * m + (1 - beta1) * g for m, g in zip(state["m"], grads)]
+        v = [beta2 * v + (1 - beta2) * g * g for v, g in zip(state["v"], grads)]
+        c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
+        new = [p - lr * (mi / c1) / ((vi / c2).sqrt() + eps) for p, mi, vi in zip(params, m, v)]
+        return new, {"t": t, "m": m, "v": v}
+    return Optimizer(init, update, lr)
+
+
+def build(component) -> Optimizer:
+    """The optimizer an IR Component names."""
+    from mptc.runtime.registry import OPTIMIZERS
+    return OPTIMIZERS.get(component.name).load()(**component.args)
