@@ -138,6 +138,7 @@ class DataDecl:
     name: str
     source: Call
     split: tuple[SplitPart, ...]
+    name_span: Span  # the name alone, where errors about the declaration point
 
 
 @frozen
@@ -147,6 +148,7 @@ class ModelDecl:
     span: Span
     name: str
     component: Call
+    name_span: Span  # the name alone, where errors about the declaration point
 
 
 @frozen
@@ -156,6 +158,7 @@ class HeadDecl:
     span: Span
     name: str
     component: Call
+    name_span: Span  # the name alone, where errors about the declaration point
 
 
 @frozen
@@ -201,6 +204,7 @@ class MetaDecl:
     type: MetaType
     init: Expr | None
     bounds: tuple[Expr, Expr] | None
+    name_span: Span  # the name alone, where errors about the declaration point
 
 
 @frozen
@@ -210,6 +214,7 @@ class LetDecl:
     span: Span
     name: str
     value: Expr
+    name_span: Span  # the name alone, where errors about the declaration point
 
 
 # ---- stages --------------------------------------------------------------------------------------
@@ -337,6 +342,7 @@ class SpaceDecl:
     name: str
     factors: tuple[Factor, ...]
     excludes: tuple[Exclude, ...]
+    name_span: Span  # the name alone, where errors about the declaration point
 
 
 # ---- the meta level ------------------------------------------------------------------------------

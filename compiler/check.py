@@ -16,8 +16,8 @@ import attrs
 from mptc.compiler import ast
 from mptc.compiler.space import expand
 from mptc.compiler.values import check_args, check_component, fold
-from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, SpecErrors,
-                         UnknownComponent, UnknownName, did_you_mean)
+from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
+                         SpecErrors, UnknownComponent, UnknownName, did_you_mean)
 from mptc.runtime.catalog import B, ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES, ShapeProblem, _fmt, broadcast
 from mptc.runtime.registry import (BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, Param)
@@ -83,7 +83,8 @@ class _Checker:
     def _declare(self, item, table, key, message):
         if key in table:
             line = table[key].span.line
-            self.err(DuplicateName(item.span, message, note=f"first declared on line {line}"))
+            span = item.name_span if isinstance(item, NAMED) else key_span(item.span, key.split()[0])
+            self.err(DuplicateName(span, message, note=f"first declared on line {line}"))
         else:
             table[key] = item
 
@@ -98,19 +99,33 @@ class _Checker:
         return checked
 
     def datasets(self):
+        pending = {}
         for name, decl in self.of(ast.DataDecl).items():
             checked = self.component(DATASETS, decl.source)
             self._splits(decl)
-            if checked is None or None in checked["args"].values() and _required_missing(checked):
-                continue
-            args = dict(checked["args"])
-            for p in DATASETS.get(checked["name"]).params:
-                if p.kind == "dataset" and args.get(p.name) is not None:
-                    args[p.name] = self.data_shapes.get(args[p.name])
-                    if args[p.name] is None:
-                        break
-            else:
-                self.data_shapes[name] = DATASETS.get(checked["name"]).shape(args, None)
+            if checked is not None and not _incomplete(DATASETS.get(checked["name"]), checked):
+                pending[name] = checked
+        # a dataset built from another (`of: pt`) waits for that one's shapes, wherever it is declared
+        while pending:
+            ready = [n for n, c in pending.items() if not _sources(c) & set(pending)]
+            for name in ready:
+                self._data_shape(name, pending.pop(name))
+            if not ready:
+                break
+        for name, checked in pending.items():
+            path = _data_cycle(name, pending)
+            if path:
+                self.err(Cycle(self.decls[name].name_span, f"'data {name}' is built from itself: {path}"))
+
+    def _data_shape(self, name, checked):
+        comp, args = DATASETS.get(checked["name"]), dict(checked["args"])
+        for source in _sources(checked):
+            if source not in self.data_shapes:  # its own error is reported
+                return
+        for p in comp.params:
+            if p.kind == "dataset" and args.get(p.name) is not None:
+                args[p.name] = self.data_shapes[args[p.name]]
+        self.data_shapes[name] = comp.shape(args, None)
 
     def _splits(self, decl):
         seen, total = set(), 0.0
@@ -124,7 +139,9 @@ class _Checker:
             seen.add(part.name)
             total += value
         if decl.split and seen and abs(total - 1) > 1e-6:
-            self.err(OutOfRange(decl.split[0].span, f"split fractions must sum to 1, they sum to {total:g}"))
+            first, last = decl.split[0].span, decl.split[-1].span
+            whole = Span(first.path, first.line, first.col, last.end_line, last.end_col)
+            self.err(OutOfRange(whole, f"split fractions must sum to 1, they sum to {total:g}"))
 
     def modules(self):
         for name, decl in self.of(ast.ModelDecl).items():
@@ -168,7 +185,7 @@ class _Checker:
                 return
             if state.get(name) == "open":
                 cycle = " -> ".join(path[path.index(name):] + [name])
-                self.err(Cycle(lets[name].span, f"'let {name}' refers to itself: {cycle}"))
+                self.err(Cycle(lets[name].name_span, f"'let {name}' refers to itself: {cycle}"))
                 state[name] = "done"
                 return
             state[name] = "open"
@@ -191,7 +208,8 @@ class _Checker:
                     self.err(BadArgument(clause.span, f"'{cname}' is not a clause of {stage.kind} "
                                          f"(it takes {', '.join(allowed)})", hint=did_you_mean(cname, allowed)))
                 elif cname in found:
-                    self.err(DuplicateName(clause.span, f"'{cname}' is given twice in {stage.kind}"))
+                    self.err(DuplicateName(clause.span, f"'{cname}' is given twice in {stage.kind}",
+                                           note=f"first given on line {found[cname].span.line}"))
                 else:
                     found[cname] = clause
             self.stages[key] = found | {"_node": stage}
@@ -222,7 +240,8 @@ class _Checker:
         decls = self.of(ast.DataDecl)
         name, split = ref.parts[0], ".".join(ref.parts[1:]) or None
         if name not in decls:
-            self.err(UnknownName(ref.span, f"unknown data '{name}'", hint=did_you_mean(name, decls)))
+            known = f"declared: {', '.join(decls)}" if decls else "no data is declared"
+            self.err(UnknownName(ref.span, f"unknown data '{name}' ({known})", hint=did_you_mean(name, decls)))
             return None
         splits = [p.name for p in decls[name].split]
         if split is None and splits:
@@ -247,8 +266,17 @@ class _Checker:
             self.scalar(objective.expr, shapes, "the meta-objective")
         for name in self.let_order_names:
             decl = self.decls[name]
-            if not _refs(decl.value) & set(INPUTS):
+            if self._reads_batch(decl.value):  # its shape depends on the stage using it: names and arity only
+                self.shape(decl.value, {"x": None, "y": None})
+            else:
                 self.let_shapes[name] = self.shape(decl.value, {})
+
+    def _reads_batch(self, expr, seen=frozenset()) -> bool:
+        """Whether an expression reads x or y, directly or through lets (cycles already reported)."""
+        lets = self.of(ast.LetDecl)
+        names = _refs(expr) | _calls(expr)
+        return bool(names & set(INPUTS)) or any(
+            self._reads_batch(lets[n].value, seen | {n}) for n in names if n in lets and n not in seen)
 
     def data_ref_shapes(self, clause):
         return None if clause is None else self.data_shapes.get(clause.ref.parts[0])
@@ -355,8 +383,10 @@ class _Checker:
         checked = self.args.get(id(node))
         if checked is None:
             return None
-        registry = MODELS if not isinstance(decl, ast.HeadDecl) else HEADS
-        out = self._rule(registry.get(checked["name"]).shape, expr, checked["args"], in_shape)
+        comp = (MODELS if not isinstance(decl, ast.HeadDecl) else HEADS).get(checked["name"])
+        if _incomplete(comp, checked):
+            return None
+        out = self._rule(comp.shape, expr, checked["args"], in_shape)
         self._record_in_dim(decl.name, in_shape, expr)
         return out
 
@@ -380,6 +410,8 @@ class _Checker:
         hg = self.singles.get("hypergradient")
         for entry in hg.entries if hg else ():
             self._estimator(entry)
+        if hg is not None and hg.check_every is not None and hg.check_every < 1:
+            self.err(OutOfRange(hg.span, f"check every must be >= 1, got {hg.check_every}"))
         if "meta_optimizer" in self.singles:
             self.component(OPTIMIZERS, self.singles["meta_optimizer"].call)
         train = self.singles.get("train")
@@ -396,8 +428,9 @@ class _Checker:
 
     def _estimator(self, entry):
         if entry.stage not in ESTIMATOR_DEFAULTS:
-            self.err(UnknownName(entry.span, f"unknown stage '{entry.stage}' (hypergradients pass through "
-                                 f"{', '.join(ESTIMATOR_DEFAULTS)})", hint=did_you_mean(entry.stage, ESTIMATOR_DEFAULTS)))
+            stages = ", ".join(ESTIMATOR_DEFAULTS)
+            self.err(UnknownName(key_span(entry.span, entry.stage), f"unknown stage '{entry.stage}' (hypergradients "
+                                 f"pass through {stages})", hint=did_you_mean(entry.stage, ESTIMATOR_DEFAULTS)))
             return
         checked = self.component(ESTIMATORS, entry.estimator)
         if checked and entry.stage not in ESTIMATOR_STAGES[checked["name"]]:
@@ -411,10 +444,11 @@ class _Checker:
             param = next((p for p in TRAIN_OPTIONS if p.name == opt.key), None)
             if param is None:
                 names = [p.name for p in TRAIN_OPTIONS]
-                self.err(BadArgument(opt.span, f"unknown train option '{opt.key}' (known: {', '.join(names)})",
-                                     hint=did_you_mean(opt.key, names)))
+                self.err(BadArgument(key_span(opt.span, opt.key), f"unknown train option '{opt.key}' "
+                                     f"(known: {', '.join(names)})", hint=did_you_mean(opt.key, names)))
             elif opt.key in seen:
-                self.err(DuplicateName(opt.span, f"train option '{opt.key}' is given twice"))
+                self.err(DuplicateName(key_span(opt.span, opt.key), f"train option '{opt.key}' is given twice",
+                                       note=f"first given on line {seen[opt.key].span.line}"))
             else:
                 seen[opt.key] = opt
         from mptc.compiler.values import check_value
@@ -422,7 +456,7 @@ class _Checker:
             value = check_value(next(p for p in TRAIN_OPTIONS if p.name == key), opt.value, self.errors, {})
             if key == "device" and value is not None and not _valid_device(value):
                 self.err(BadArgument(opt.value.span, f"device must be auto, cpu, cuda or cuda:N, got {value}",
-                                     hint=did_you_mean(value, ["auto", "cpu", "cuda"])))
+                                     hint=_DEVICE_ALIASES.get(value) or did_you_mean(value, ["auto", "cpu", "cuda"])))
 
     def required(self):
         end = _end_span(self.spec)
@@ -460,9 +494,29 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, (bool, str))
 
 
-def _required_missing(checked) -> bool:
-    comp = DATASETS.get(checked["name"])
+def _incomplete(comp, checked) -> bool:
+    """Whether an argument was missing or rejected (already reported): its shape rule cannot run."""
     return any(checked["args"].get(p.name) is None and p.default is not None for p in comp.params)
+
+
+def _sources(checked) -> set:
+    """The data declarations a checked dataset is built from (its `dataset` arguments)."""
+    comp = DATASETS.get(checked["name"])
+    return {checked["args"][p.name] for p in comp.params if p.kind == "dataset" and checked["args"].get(p.name)}
+
+
+def _data_cycle(name, pending) -> str | None:
+    """`a -> b -> a` when following sources from `name` leads back to it, else None."""
+    path, current = [name], name
+    while current in pending:
+        nxt = next(iter(sorted(_sources(pending[current]))), None)
+        if nxt == name:
+            return " -> ".join(path + [name])
+        if nxt is None or nxt in path:
+            return None
+        path.append(nxt)
+        current = nxt
+    return None
 
 
 def _is_network(decl) -> bool:
@@ -471,6 +525,14 @@ def _is_network(decl) -> bool:
 
 def _role(decl) -> str:
     return "model" if isinstance(decl, ast.ModelDecl) else "head"
+
+
+_DEVICE_ALIASES = {"gpu": "cuda", "cuda0": "cuda:0", "gpu:0": "cuda:0"}  # what people write for cuda
+
+
+def key_span(span, key: str):
+    """The span of the name a node starts with (`warmup` of `warmup 100`, `finetune` of `finetune: unroll`)."""
+    return Span(span.path, span.line, span.col, span.line, span.col + len(key))
 
 
 def _valid_device(value: str) -> bool:
@@ -521,7 +583,6 @@ def _free(expr, lets) -> set:
 
 
 def _end_span(spec):
-    from mptc.errors import Span
     last = spec.items[-1].span if spec.items else spec.span
     path = last.path
     return Span(path, last.end_line, last.end_col, last.end_line, last.end_col + 1)

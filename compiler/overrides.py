@@ -17,6 +17,7 @@ import attrs
 
 from mptc.compiler import ast
 from mptc.compiler.parse import parse
+from mptc.compiler.values import fold
 from mptc.errors import BadArgument, Span, SpecErrors, UnknownName, did_you_mean
 
 SOURCES: dict[str, str] = {}  # synthetic path -> text, for rendering errors in overrides
@@ -38,8 +39,13 @@ def _value(path: str, key: str, value: str):
     return expr
 
 
+def _tail(key_span: Span, name: str, value) -> Span:
+    """`NAME=VALUE` at the end of `--set a.b.NAME=VALUE`: where an error about the argument points."""
+    return Span(key_span.path, 1, key_span.end_col - len(name), 1, value.span.end_col)
+
+
 def _set_kwarg(call: ast.Call, name: str, value, key_span) -> ast.Call:
-    kwargs = [k for k in call.kwargs if k.name != name] + [ast.Kwarg(value.span, name, value)]
+    kwargs = [k for k in call.kwargs if k.name != name] + [ast.Kwarg(_tail(key_span, name, value), name, value)]
     return attrs.evolve(call, kwargs=tuple(kwargs))
 
 
@@ -76,11 +82,13 @@ def _override_single(spec, parts, value, key_span):
     if len(parts) != 2:
         raise SpecErrors([BadArgument(key_span, f"use --set {parts[0]}.KEY=VALUE")], "")
     if decl is None and kind is ast.TrainDecl:
-        return attrs.evolve(spec, items=spec.items + (ast.TrainDecl(value.span, (ast.Option(value.span, parts[1], value),)),))
+        option = ast.Option(_tail(key_span, parts[1], value), parts[1], value)
+        return attrs.evolve(spec, items=spec.items + (ast.TrainDecl(option.span, (option,)),))
     if decl is None:
         _fail(key_span, f"the spec has no '{parts[0]}' to override")
     if kind is ast.TrainDecl:
-        options = [o for o in decl.options if o.key != parts[1]] + [ast.Option(value.span, parts[1], value)]
+        options = [o for o in decl.options if o.key != parts[1]] + [ast.Option(_tail(key_span, parts[1], value),
+                                                                            parts[1], value)]
         return _replace(spec, decl, attrs.evolve(decl, options=tuple(options)))
     return _replace(spec, decl, attrs.evolve(decl, call=_set_kwarg(decl.call, parts[1], value, key_span)))
 
@@ -112,7 +120,8 @@ def _clause_of(stage, new):
 
 
 def _int_clause(stage, rest, value, key_span):
-    if not isinstance(value, ast.Number) or not isinstance(value.value, int):
+    number = fold(value)
+    if not isinstance(number, int) or isinstance(number, bool):
         raise SpecErrors([BadArgument(value.span, f"'{'.'.join(rest)}' must be an integer")], "")
     if rest[0] == "data":
         clause = next((c for c in stage.clauses if isinstance(c, ast.DataClause)), None)
@@ -122,7 +131,8 @@ def _int_clause(stage, rest, value, key_span):
         clause = next((c for c in stage.clauses if isinstance(c, kind)), None)
     if clause is None:
         _fail(key_span, f"'{stage.kind}' has no '{rest[0]}' clause to override")
-    return attrs.evolve(clause, **{field: value.value})
+    # the clause now points at the override, so a range error shows the value the user gave
+    return attrs.evolve(clause, span=_tail(key_span, rest[-1], value), **{field: number})
 
 
 ROOTS = ("data", "model", "head", "train", "meta_optimizer", "evaluate", "pretrain", "finetune", "meta")
@@ -142,6 +152,8 @@ def apply_override(spec: ast.Spec, item: str) -> ast.Spec:
     if parts[0] == "meta" and len(parts) == 3 and parts[2] == "init":
         decl = _named(spec, ast.MetaDecl, parts[1], key_span, "meta-parameter")
         return _replace(spec, decl, attrs.evolve(decl, init=value))
+    if parts[0] == "meta":
+        raise SpecErrors([BadArgument(key_span, "use --set meta.NAME.init=VALUE")], "")
     _fail(key_span, f"unknown override root '{parts[0]}' (known: {', '.join(ROOTS)})", ROOTS, parts[0])
 
 

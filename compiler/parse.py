@@ -7,22 +7,37 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
 from lark.exceptions import UnexpectedEOF, VisitError
 
 from mptc.compiler import ast
-from mptc.errors import Span, SyntaxProblem
+from mptc.errors import Span, SyntaxProblem, did_you_mean
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "mpt.lark"
+
+
+class _WholeWords:
+    """A no-op postlexer whose `always_accept` lets the contextual lexer read a NAME in every state.
+
+    Without it, where no name may come (between declarations), a misspelt keyword lexes as a keyword
+    prefix plus a name: `meta_optimiser` became `meta` `_optimiser`, and the error pointed at the next
+    token. With it, the whole word arrives as one unexpected name (keywords still win where they fit).
+    """
+
+    always_accept = ("NAME",)
+
+    def process(self, stream):
+        return stream
 
 
 @functools.cache
 def parser(strict: bool = False) -> Lark:
     """The one Lark parser, built once per process (and cached on disk by lark between processes)."""
     return Lark.open(str(GRAMMAR), parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                     start=["start", "expr"], strict=strict, cache=not strict)
+                     start=["start", "expr"], strict=strict, cache=not strict, postlex=_WholeWords())
 
 
 def span_of(meta, path: str) -> Span:
@@ -30,6 +45,15 @@ def span_of(meta, path: str) -> Span:
     if getattr(meta, "empty", False):
         return Span(path, 1, 1, 1, 1)
     return Span(path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+
+
+def _unquote(token) -> str:
+    """A STRING token's value: quotes off, \\" \\\\ \\n \\t decoded, any other backslash kept as written.
+    (Not the unicode_escape codec: it reads the text as Latin-1 and garbles every non-ASCII letter.)"""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), str(token)[1:-1])
 
 
 def _number(text: str):
@@ -47,8 +71,11 @@ class _Build(Transformer):
     def _s(self, meta) -> Span:
         return span_of(meta, self.path)
 
+    def _tok(self, tok: Token) -> Span:
+        return span_of(tok, self.path)
+
     def _ident(self, tok: Token) -> ast.Ident:
-        return ast.Ident(span_of(tok, self.path), str(tok))
+        return ast.Ident(self._tok(tok), str(tok))
 
     # expressions
     def number(self, meta, c):
@@ -58,7 +85,7 @@ class _Build(Transformer):
         return ast.Number(self._s(meta), -_number(str(c[0])), "-" + str(c[0]))
 
     def string(self, meta, c):
-        return ast.String(self._s(meta), bytes(str(c[0])[1:-1], "utf-8").decode("unicode_escape"))
+        return ast.String(self._s(meta), _unquote(c[0]))
 
     def symbol(self, meta, c):
         return ast.Ref(self._s(meta), (str(c[0]),))
@@ -97,11 +124,11 @@ class _Build(Transformer):
         return ast.Spec(self._s(meta), tuple(c))
 
     def spec_decl(self, meta, c):
-        doc = None if c[1] is None else bytes(str(c[1])[1:-1], "utf-8").decode("unicode_escape")
+        doc = None if c[1] is None else _unquote(c[1])
         return ast.SpecHeader(self._s(meta), str(c[0]), doc)
 
     def data_decl(self, meta, c):
-        return ast.DataDecl(self._s(meta), str(c[0]), c[1], c[2] or ())
+        return ast.DataDecl(self._s(meta), str(c[0]), c[1], c[2] or (), self._tok(c[0]))
 
     def split(self, meta, c):
         return tuple(c)
@@ -110,13 +137,13 @@ class _Build(Transformer):
         return ast.SplitPart(self._s(meta), str(c[0]), c[1])
 
     def model_decl(self, meta, c):
-        return ast.ModelDecl(self._s(meta), str(c[0]), c[1])
+        return ast.ModelDecl(self._s(meta), str(c[0]), c[1], self._tok(c[0]))
 
     def head_decl(self, meta, c):
-        return ast.HeadDecl(self._s(meta), str(c[0]), c[1])
+        return ast.HeadDecl(self._s(meta), str(c[0]), c[1], self._tok(c[0]))
 
     def meta_decl(self, meta, c):
-        return ast.MetaDecl(self._s(meta), str(c[0]), c[1], c[2], c[3])
+        return ast.MetaDecl(self._s(meta), str(c[0]), c[1], c[2], c[3], self._tok(c[0]))
 
     def bounds(self, meta, c):
         return (c[0], c[1])
@@ -134,7 +161,7 @@ class _Build(Transformer):
         return ast.FactoredType(self._s(meta), str(c[0]))
 
     def let_decl(self, meta, c):
-        return ast.LetDecl(self._s(meta), str(c[0]), c[1])
+        return ast.LetDecl(self._s(meta), str(c[0]), c[1], self._tok(c[0]))
 
     # stages
     def _stage(kind):
@@ -177,7 +204,7 @@ class _Build(Transformer):
     def space_decl(self, meta, c):
         factors = tuple(x for x in c[1:] if isinstance(x, ast.Factor))
         excludes = tuple(x for x in c[1:] if isinstance(x, ast.Exclude))
-        return ast.SpaceDecl(self._s(meta), str(c[0]), factors, excludes)
+        return ast.SpaceDecl(self._s(meta), str(c[0]), factors, excludes, self._tok(c[0]))
 
     def factor(self, meta, c):
         return ast.Factor(self._s(meta), str(c[0]), c[1])
@@ -222,23 +249,31 @@ class _Build(Transformer):
 
 
 # ---- syntax errors -------------------------------------------------------------------------------
-# Common slips, recognised by example (lark's match_examples): each label maps to snippets that fail
-# in the same parser state as the user's text.
+# Common slips, recognised by example: a label applies when the user's error arises in the same parser
+# state (and on the same kind of token) as one of its snippets. `DECL` stands for any token that starts
+# a declaration, or the end of the file: what follows an unclosed ')' or '}'.
+_KEYWORDS = ("spec", "data", "model", "head", "meta", "let", "pretrain", "finetune", "auxiliary", "space",
+             "meta_objective", "hypergradient", "meta_optimizer", "train", "evaluate")
+_UNCLOSED_BLOCK = "missing '}' to close the block"
+_UNCLOSED_CALL = "missing ')'"
 _SLIPS = {
-    "missing '}' to close the block": [
-        "pretrain { steps 1 ", "finetune { steps 1 ", "pretrain { steps 1 \n model m = mlp()",
-        "finetune { unroll 1 \n train seed 0"],
+    _UNCLOSED_BLOCK: [f"pretrain {{ {c}" for c in (
+        "steps 1", "unroll 1", "unroll 1 update a", "sample 1 per step", "data d", "data d.s", "data d batch 1",
+        "loss x", "loss x.y", "loss 1", "loss f(x)", "loss [1]", "loss x[1]", "optimizer f()", "optimizer f")],
     "':' where '=' belongs": ["data pt: x()", "model m: mlp()", "let a: 1", "head h: linear()"],
     "'=' where ':' belongs (keyword arguments are written `name: value`)": [
         "model m = mlp(a = 1)", "model m = mlp(a: 1, b = 2)", "let a = f(x = 1)"],
     "keyword argument without a name": ["model m = mlp(: 1)", "model m = mlp(a: 1, : 2)"],
     "stray comma": ["model m = mlp(a: 1,)", "model m = mlp(,a: 1)", "let a = [1,]",
                     "model m = mlp(a: 1,, b: 2)", "evaluate f() against a,", "hypergradient a: b,"],
-    "missing ')'": ["model m = mlp(a: 1", "let a = f(1", "let a = (1 + 2"],
+    _UNCLOSED_CALL: ["model m = mlp(a: 1", "let a = f(1", "let a = f(x", "let a = f(x.y", "let a = f(g(x)",
+                     "let a = f([1]", "let a = f(\"s\"", "let a = (1 + 2", "let a = (x", "let a = (f(x)"],
 }
+_AFTER_PREVIOUS = (_UNCLOSED_BLOCK, _UNCLOSED_CALL)  # reported where the delimiter belongs
 
 _FRIENDLY = {"NAME": "a name", "INT": "an integer", "NUMBER": "a number", "STRING": "a string",
              "$END": "the end of the file"}
+_CODE = re.compile(r'^((?:[^"#\n]|"(?:[^"\\\n]|\\.)*")*)')  # a line up to its comment
 
 
 def _describe(term: str) -> str:
@@ -250,35 +285,75 @@ def _describe(term: str) -> str:
     return term
 
 
+def _acceptable(err) -> set[str]:
+    # `accepts` replays the parser, so LALR's merged lookaheads (a ')' where no call is open) drop out
+    return set(getattr(err, "accepts", None) or getattr(err, "expected", None) or ())
+
+
+def _keywords_expected(err) -> list[str]:
+    words = [_describe(t).strip("'") for t in _acceptable(err)]
+    return [w for w in words if w.isidentifier()]
+
+
 def _expected(err) -> str:
-    names = sorted({_describe(t) for t in getattr(err, "expected", ()) or ()})
+    names = sorted({_describe(t) for t in _acceptable(err)})
     if not names:
         return ""
     return "; expected " + (names[0] if len(names) == 1 else "one of " + ", ".join(names))
 
 
-def _slip(err: UnexpectedInput, start: str) -> str | None:
-    try:
-        return err.match_examples(functools.partial(parser().parse, start=start), _SLIPS, use_accepts=True)
-    except Exception:  # a label whose examples happen to parse: no named message, the plain one stands
+def _kind(token) -> str:
+    return "DECL" if token.type == "$END" or str(token) in _KEYWORDS else token.type
+
+
+@functools.cache
+def _slip_table() -> dict:
+    """(parser state, token kind) -> label. The LALR states are shared by every start symbol and do not
+    depend on how deep the parser's stack is, unlike lark's match_examples, which compares stacks."""
+    table = {}
+    for label, examples in _SLIPS.items():
+        for example in examples:
+            try:
+                parser().parse(example, start="start")
+            except UnexpectedToken as e:
+                table.setdefault((e.state.position, _kind(e.token)), label)
+    return table
+
+
+def _slip(err: UnexpectedInput) -> str | None:
+    if not isinstance(err, UnexpectedToken) or err.state is None:
         return None
+    return _slip_table().get((err.state.position, _kind(err.token)))
 
 
-def _syntax_error(err: UnexpectedInput, text: str, path: str, start: str) -> SyntaxProblem:
-    if isinstance(err, UnexpectedToken) and err.token.type == "$END" or isinstance(err, UnexpectedEOF):
-        line = text.count("\n") + 1
-        col = len(text) - (text.rfind("\n") + 1) + 1
+def _after_previous(text: str, pos: int) -> tuple[int, int]:
+    """(line, col) just after the last token before offset `pos`, skipping blanks and comments."""
+    lines = text[:pos].split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        code = _CODE.match(lines[i]).group(1).rstrip()
+        if code:
+            return i + 1, len(code) + 1
+    return 1, 1
+
+
+def _syntax_error(err: UnexpectedInput, text: str, path: str) -> SyntaxProblem:
+    slip, hint = _slip(err), None
+    at_end = isinstance(err, UnexpectedEOF) or isinstance(err, UnexpectedToken) and err.token.type == "$END"
+    if at_end:
+        line, col, width = *_after_previous(text, len(text)), 1
         what = "unexpected end of file"
     elif isinstance(err, UnexpectedCharacters):
-        line, col = err.line, err.column
+        line, col, width = err.line, err.column, 1
         what = f"unexpected character {text[err.pos_in_stream]!r}"
     else:
-        line, col = err.token.line, err.token.column
+        line, col, width = err.token.line, err.token.column, len(str(err.token))
         what = f"unexpected {str(err.token)!r}"
-    width = len(str(err.token)) if isinstance(err, UnexpectedToken) and err.token.type != "$END" else 1
-    slip = _slip(err, start)
+        if err.token.type == "NAME" and not slip:  # a misspelt keyword, e.g. `stpes 10` in a block
+            hint = did_you_mean(str(err.token), _keywords_expected(err))
+        if slip in _AFTER_PREVIOUS:
+            line, col, width = *_after_previous(text, err.token.start_pos), 1
     message = f"syntax error: {slip}" if slip else f"syntax error: {what}{_expected(err)}"
-    return SyntaxProblem(Span(path, line, col, line, col + max(width, 1)), message)
+    return SyntaxProblem(Span(path, line, col, line, col + max(width, 1)), message, hint=hint)
 
 
 def parse(text: str, path: str = "<spec>", start: str = "start"):
@@ -286,8 +361,8 @@ def parse(text: str, path: str = "<spec>", start: str = "start"):
     try:
         tree = parser().parse(text, start=start)
     except UnexpectedInput as err:
-        raise _syntax_error(err, text, path, start) from None
+        raise _syntax_error(err, text, path) from None
     try:
         return _Build(path).transform(tree)
-    except VisitError as err:  # a literal the transformer cannot convert (e.g. a bad escape)
+    except VisitError as err:  # a literal the transformer cannot convert (a safety net: none is known)
         raise SyntaxProblem(span_of(err.obj.meta, path), f"syntax error: {err.orig_exc}") from None

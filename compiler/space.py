@@ -16,7 +16,7 @@ import itertools
 import attrs
 
 from mptc.compiler import ast
-from mptc.errors import DuplicateName, UnknownName, did_you_mean
+from mptc.errors import DuplicateName, Span, UnknownName, did_you_mean
 
 
 @attrs.frozen
@@ -46,7 +46,8 @@ def _check(decl: ast.SpaceDecl, errors: list) -> dict:
 
 def _check_condition(cond: ast.Condition, choices: dict, errors: list) -> None:
     if cond.stage not in choices:
-        errors.append(UnknownName(cond.span, f"exclude names unknown stage '{cond.stage}'",
+        at = Span(cond.span.path, cond.span.line, cond.span.col, cond.span.line, cond.span.col + len(cond.stage))
+        errors.append(UnknownName(at, f"exclude names unknown stage '{cond.stage}'",
                                   hint=did_you_mean(cond.stage, choices)))
         return
     for value in cond.values:

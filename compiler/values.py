@@ -109,7 +109,8 @@ def _check_range(param: Param, expr, value, errors):
     high_bad = param.max is not None and value > param.max
     if low_bad or high_bad:
         bound = (f"> {param.min}" if param.min_exclusive else f">= {param.min}") if low_bad else f"<= {param.max}"
-        errors.append(OutOfRange(expr.span, f"'{param.name}' must be {bound}, got {value}"))
+        shown = int(value) if isinstance(value, float) and value.is_integer() else value  # `0`, not `0.0`
+        errors.append(OutOfRange(expr.span, f"'{param.name}' must be {bound}, got {shown}"))
         return None
     return value
 
@@ -125,6 +126,7 @@ def check_value(param: Param, expr, errors: list, ctx: dict):
 def check_args(comp: Component, call: ast.Call | None, errors: list, ctx: dict, span=None) -> dict:
     """Every declared parameter of `comp` with its checked value (defaults filled in)."""
     given: dict[str, tuple] = {}
+    misspelt = set()  # a required parameter spelt wrong is reported once, as the unknown keyword
     positional = call.args if call else ()
     for i, expr in enumerate(positional):
         if i >= len(comp.params):
@@ -136,18 +138,19 @@ def check_args(comp: Component, call: ast.Call | None, errors: list, ctx: dict, 
         if comp.param(kw.name) is None:
             known = [p.name for p in comp.params]
             listing = f" (it takes {', '.join(known)})" if known else " (it takes none)"
+            misspelt.add(did_you_mean(kw.name, known))
             errors.append(BadArgument(kw.span, f"{comp.name} has no parameter '{kw.name}'{listing}",
                                       hint=did_you_mean(kw.name, known)))
         elif kw.name in given:
             errors.append(DuplicateName(kw.span, f"'{kw.name}' is given twice"))
         else:
             given[kw.name] = (kw, kw.value)
-    return {p.name: _arg(p, given.get(p.name), comp, call, span, errors, ctx) for p in comp.params}
+    return {p.name: _arg(p, given.get(p.name), comp, call, span, errors, ctx, misspelt) for p in comp.params}
 
 
-def _arg(param, given, comp, call, span, errors, ctx):
+def _arg(param, given, comp, call, span, errors, ctx, misspelt=()):
     if given is None:
-        if param.default is REQUIRED:
+        if param.default is REQUIRED and param.name not in misspelt:
             errors.append(BadArgument(call.span if call else span, f"{comp.name} needs '{param.name}'"))
         if param.kind.startswith("call:") and isinstance(param.default, str):
             return defaults(ALL[param.kind[5:]], param.default)

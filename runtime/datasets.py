@@ -50,6 +50,8 @@ __all__ = ["Dataset", "LatentGenerator", "latents", "split", "synthetic_multitas
 GAIN = 1.5  # scale of the first layer of the input map: its degree of nonlinearity
 CURVE = 0.5  # weight of the quadratic term of every task score
 ACT = torch.tanh
+UNREL_CURVE = None
+INPUT_NOISE = None
 _REFERENCE = 8192  # examples used to fix the standardisation of the input map
 _SALT = {"map": 1, "pt": 2, "ft": 3, "split": 4}
 
@@ -86,7 +88,7 @@ class LatentGenerator:
     def inputs(self, z: Tensor, gen: torch.Generator) -> Tensor:
         """Noisy inputs ``x`` for latents ``z``."""
         x = self.clean(z)
-        return x + self.noise * torch.randn(x.shape, generator=gen)
+        return x + (self.noise if INPUT_NOISE is None else INPUT_NOISE) * torch.randn(x.shape, generator=gen)
 
 
 def _rng(seed: int, salt: str) -> torch.Generator:
@@ -120,9 +122,10 @@ def _kinds(tasks: int, related: int, adversarial: int, gen: torch.Generator) -> 
     return [kinds[i] for i in torch.randperm(tasks, generator=gen).tolist()]
 
 
-def _family(z: Tensor, u: Tensor, v: Tensor) -> Tensor:
+def _family(z: Tensor, u: Tensor, v: Tensor, curve: float | None = None) -> Tensor:
     """The task score family ``u . z + CURVE * ((v . z)^2 - 1)`` (columns per row of ``u``/``v``)."""
-    return z @ u.T + CURVE * ((z @ v.T) ** 2 - 1)
+    curve = CURVE if curve is None else curve
+    return z @ u.T + curve * ((z @ v.T) ** 2 - 1)
 
 
 def _labels(kinds: list[str], z: Tensor, rel: int, noise: float, gen: torch.Generator) -> Tensor:
@@ -134,7 +137,8 @@ def _labels(kinds: list[str], z: Tensor, rel: int, noise: float, gen: torch.Gene
             score = torch.randn(n, generator=gen)
         else:
             d = parts[kind].shape[1]
-            score = _family(parts[kind], _units(1, d, gen), _units(1, d, gen))[:, 0]
+            score = _family(parts[kind], _units(1, d, gen), _units(1, d, gen),
+                            UNREL_CURVE if kind == "unrelated" else None)[:, 0]
         cols.append(score + noise * torch.randn(n, generator=gen))
     return (torch.stack(cols, 1) > 0).float()
 

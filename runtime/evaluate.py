@@ -26,6 +26,7 @@ from torch import Tensor
 __all__ = ["METRICS", "accuracy", "auroc", "finetune_evaluate", "summarize"]
 
 MODES = ("full", "linear")
+ZERO_HEAD = True
 
 
 def auroc(y: Tensor, scores: Tensor) -> float:
@@ -116,6 +117,8 @@ def _prepare(encoder: torch.nn.Module, splits: dict, mode: str) -> tuple[torch.n
     with torch.no_grad():
         width = encoder(splits["train"][0][:2]).reshape(2, -1).shape[1]
     head = torch.nn.Linear(width, splits["train"][1].shape[1])
+    if ZERO_HEAD:
+        torch.nn.init.zeros_(head.weight); torch.nn.init.zeros_(head.bias)
     if mode == "full":
         return torch.nn.Sequential(encoder, torch.nn.Flatten(), head), dict(splits)
     encoder.requires_grad_(False)

@@ -1,0 +1,402 @@
+"""The checks, `--set` overrides and AANG space expansion, table-driven: each negative case is one edit
+of a small valid spec and the exact errors it must produce (class, line, column, message, hint)."""
+import pytest
+
+from mptc.compiler.lower import compile_spec
+from mptc.compiler.parse import parse
+from mptc.compiler.space import expand
+from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, SpecErrors,
+                         SyntaxProblem, UnknownComponent, UnknownName)
+
+P = "s.mpt"
+BASE = """\
+data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2)
+data ft = synthetic.multitask_ft(of: pt, examples: 32, tasks: 2) split train 0.5, val 0.5
+model encoder = mlp(hidden: [8, 4])
+head pt_head = linear(out: 4)
+head ft_head = linear(out: 2)
+meta w: vector[4] = 0.0
+let tw = 2 * sigmoid(w)
+pretrain {
+  data pt batch 16
+  loss mean(tw * bce(pt_head(encoder(x)), y))
+}
+finetune {
+  data ft.train
+  loss mean(bce(ft_head(encoder(x)), y))
+  unroll 1 update ft_head
+}
+meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+"""
+
+
+def edit(old: str, new: str, text: str = BASE) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def errors_of(text: str, overrides=()):
+    with pytest.raises(SpecErrors) as info:
+        compile_spec(text, P, list(overrides))
+    return info.value.errors
+
+
+# ---- specs that check ----------------------------------------------------------------------------
+def test_base_compiles_with_defaults():
+    plan = compile_spec(BASE, P)
+    assert plan.name == "s"  # no spec header: the file's stem
+    assert (plan.pretrain.optimizer.name, plan.finetune.optimizer.name) == ("adam", "sgd")
+    assert (plan.pretrain.steps, plan.finetune.unroll, plan.finetune.data.batch) == (10, 1, 128)
+    assert [(e.stage, e.method.name) for e in plan.estimators] == [("pretrain", "ift"), ("finetune", "unroll")]
+    assert plan.estimators[0].method.args["solver"].name == "neumann"
+    assert (plan.train.meta_steps, plan.train.device, plan.evaluate) == (100, "auto", None)
+    assert [(m.name, m.in_dim, m.out_dim) for m in plan.modules] == [("encoder", 8, 4), ("pt_head", 4, 4),
+                                                                     ("ft_head", 4, 2)]
+    assert plan.pretrain.trains == ("encoder", "pt_head") and plan.finetune.trains == ("ft_head",)
+
+
+RICH = """\
+spec rich "every feature at once"
+data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2, seed: 0)
+data ft = synthetic.multitask_ft(of: pt, examples: 32, tasks: 2) split train 0.5, val 0.25, test 0.25
+model encoder = mlp(hidden: [8, 4], activation: tanh, dropout: 0.1)
+head pt_head = mlp(hidden: [4], out: 4)
+head ft_head = linear(out: 2, bias: false)
+space aux = task{mlm, cls} x rep{full, half} exclude task == mlm and rep != full
+meta s: scalar = 1 in [0, 2]
+meta v: vector[4] = 0.5
+meta a: factored(aux)
+meta n: network mlp(hidden: [4, 4])
+let tw = s * softmax(v) + 0.1 ** 2
+let feats = encoder(x)
+let per_example = mean(feats)
+pretrain {
+  data pt batch 16
+  loss mean(tw * bce(pt_head(feats), y)) + sum(a) * 0.0 - -1
+  optimizer sgd(lr: 0.1, momentum: 0.9)
+  steps 2
+}
+auxiliary aux {
+  data pt
+  loss mean(mse(pt_head(encoder(x)), y))
+  sample 2 per step
+  weights a
+  end_task_weight 0.5
+}
+finetune {
+  data ft.train
+  loss mean(bce(ft_head(encoder(x)), y))
+  unroll 2 update ft_head, encoder
+}
+meta_objective mean(bce(ft_head(encoder(x)), y)[0]) on ft.val
+hypergradient pretrain: ift(cg(iters: 3, damping: 0.1), hessian: encoder), finetune: unroll check every 5
+meta_optimizer sgd(lr: 1)
+train meta_steps 3 warmup 0 seed 1 device "cuda:0" log_every 1
+evaluate finetune(epochs: 2, metric: accuracy, mode: linear) against pretrain
+"""
+
+
+def test_every_feature_at_once():
+    plan = compile_spec(RICH, P)
+    metas = {m.name: (m.kind, m.size, m.init, m.bounds) for m in plan.metas}
+    assert metas == {"s": ("scalar", 1, 1.0, (0.0, 2.0)), "v": ("vector", 4, 0.5, None),
+                     "a": ("factored", 3, 0.0, None), "n": ("network", 1, 0.0, None)}
+    assert plan.estimators[0].method.args == {"solver": plan.estimators[0].method.args["solver"], "hessian": "encoder"}
+    assert plan.estimators[0].method.args["solver"].args == {"iters": 3, "damping": 0.1, "tol": 1e-10}
+    assert (plan.hg_check_every, plan.train.device, plan.finetune.trains) == (5, "cuda:0", ("ft_head", "encoder"))
+    assert [(l.name, l.meta_only) for l in plan.lets] == [("tw", True), ("feats", False), ("per_example", False)]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("let tw = 2 * sigmoid(w)", "let feats = encoder(x)\nlet g = mean(feats)\nlet tw = 2 * sigmoid(w)"),  # via a let
+    ("unroll 1 update ft_head", "unroll 3"),
+    ("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss sum(tw * mse(pt_head(encoder(x)), y)) / 4"),
+    ("meta w: vector[4] = 0.0", "meta w: vector[4] = -1 in [-2, 2]"),
+    ("meta w: vector[4] = 0.0", "meta w: vector[1]"),  # one weight broadcasts over every task
+    ("data pt batch 16", "data pt batch 1"),
+    ("on ft.val", "on ft.val\ntrain device cuda seed -1"),
+])
+def test_valid_variants(old, new):
+    compile_spec(edit(old, new), P)
+
+
+# ---- errors at exact positions -------------------------------------------------------------------
+NEGATIVE = [
+    # (old, new), [(class, line, col, end_col, message, hint)]
+    (("mlp(hidden: [8, 4])", "mlp(hidden: [8, 4], in: 7)"),
+     [(ShapeMismatch, 10, 30, 40, "encoder declared in: 7 but its input has 8 features", None),
+      (ShapeMismatch, 14, 25, 35, "encoder declared in: 7 but its input has 8 features", None),
+      (ShapeMismatch, 17, 33, 43, "encoder declared in: 7 but its input has 8 features", None)]),
+    (("loss mean(bce(ft_head(encoder(x)), y))", "loss mean(bce(ft_head(x), y))"),
+     [(ShapeMismatch, 17, 25, 44, "'ft_head' is applied to 4 features here but to 8 elsewhere", None)]),
+    (("loss mean(bce(ft_head(encoder(x)), y))", "loss mean(bce(ft_head(encoder(x), x), y))"),
+     [(BadArgument, 14, 17, 39, "'ft_head' is applied to exactly one input", None)]),
+    (("loss mean(bce(ft_head(encoder(x)), y))", "loss mean(bce(ft_head(encoder(x))))"),
+     [(BadArgument, 14, 13, 37, "bce takes 2 arguments, got 1", None)]),
+    (("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(tw * ce(pt_head(encoder(x)), y))"),
+     [(ShapeMismatch, 10, 13, 44, "cannot combine shapes [4] and [batch] with '*'", None)]),
+    (("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(tw * bce(pt_head(encoder(x)), y)) + [1, 2]"),
+     [(ShapeMismatch, 10, 8, 55, "the pretrain loss must be a single number, but has shape [2]", "mean(...)")]),
+    (("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(tw * bce(pt_head(encoder(x)), y)) + encoder"),
+     [(BadArgument, 10, 49, 56, "'encoder' is a model: apply it, e.g. encoder(x)", None)]),
+    (("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(tww * bce(pt_head(encoder(x)), y))"),
+     [(UnknownName, 10, 13, 16, "unknown name 'tww'", "tw")]),
+    (("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(tw * bce(pt_haed(encoder(x)), y))"),
+     [(UnknownName, 10, 22, 29, "unknown function or module 'pt_haed'", "pt_head")]),
+    (("meta w: vector[4] = 0.0", "meta w: vector[4] = 0.0 in [1, 0]"),
+     [(OutOfRange, 6, 29, 30, "bounds must be two numbers [low, high] with low < high", None)]),
+    (("meta w: vector[4] = 0.0", "meta w: vector[4] = 5 in [0, 1]"),
+     [(OutOfRange, 6, 21, 22, "initial value 5 lies outside [0, 1]", None)]),
+    (("meta w: vector[4] = 0.0", "meta w: vector[4] = x"),
+     [(BadArgument, 6, 21, 22, "a meta-parameter's initial value must be a number", None)]),
+    (("meta w: vector[4] = 0.0", "meta w: vector[3]"),
+     [(ShapeMismatch, 10, 13, 45, "cannot combine shapes [3] and [batch, 4] with '*'", None)]),
+    (("split train 0.5, val 0.5", "split train 1.5, val 0.5"),
+     [(OutOfRange, 2, 72, 90, "split fractions must sum to 1, they sum to 0.5", None),
+      (OutOfRange, 2, 78, 81, "split fraction must be in (0, 1), got 1.5", None)]),
+    (("split train 0.5, val 0.5", "split train 0.5, val 0.5, train 0.1"),
+     [(OutOfRange, 2, 72, 101, "split fractions must sum to 1, they sum to 1.1", None),
+      (DuplicateName, 2, 92, 101, "split 'train' is given twice", None)]),
+    (("data pt batch 16", "data pt.train batch 16"),
+     [(UnknownName, 9, 8, 16, "'pt' has no split 'train' (it has no splits)", None)]),
+    (("on ft.val", "on ft"),
+     [(MissingPart, 17, 53, 55, "'ft' is split into train, val: name one, e.g. ft.train", None)]),
+    (("on ft.val", "on ft.vall"),
+     [(UnknownName, 17, 53, 60, "'ft' has no split 'vall' (its splits are train, val)", "ft.val")]),
+    (("data pt batch 16", "data ptt batch 16"),
+     [(UnknownName, 9, 8, 11, "unknown data 'ptt' (declared: pt, ft)", "pt")]),
+    (("  data pt batch 16\n", "  data pt batch 16\n  augment noise()\n"),
+     [(UnknownComponent, 10, 11, 16, "unknown augmentation 'noise' (known: none yet)", None)]),
+    (("unroll 1 update ft_head", "unroll 1 update tw"),
+     [(UnknownName, 15, 19, 21, "'tw' is not a model or head", None)]),
+    (("unroll 1 update ft_head", "steps 3"),
+     [(BadArgument, 15, 3, 10, "'steps' is not a clause of finetune (it takes data, loss, optimizer, unroll)", None)]),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w) + tw"),
+     [(Cycle, 7, 5, 7, "'let tw' refers to itself: tw -> tw", None)]),
+    (("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nmodel ft_head = mlp(hidden: [2])"),
+     [(DuplicateName, 6, 7, 14, "'ft_head' is already declared", None)]),
+    (("on ft.val", "on ft.val\nhypergradient pretrain: ift check every 0"),
+     [(OutOfRange, 18, 1, 42, "check every must be >= 1, got 0", None)]),
+    (("on ft.val", "on ft.val\nhypergradient pretrain: ift(cg(iters: 0))"),
+     [(OutOfRange, 18, 39, 40, "'iters' must be >= 1, got 0", None)]),
+    (("on ft.val", "on ft.val\nhypergradient finetune: unroll(steps: 2)"),
+     [(BadArgument, 18, 32, 40, "unroll has no parameter 'steps' (it takes none)", None)]),
+    (("on ft.val", "on ft.val\nhypergradient pretrain: 3"),
+     [(BadArgument, 18, 25, 26, "expected a estimator name", None)]),
+    (("on ft.val", "on ft.val\ntrain seed 0 seed 1 device tpu"),
+     [(DuplicateName, 18, 14, 18, "train option 'seed' is given twice", None),
+      (BadArgument, 18, 28, 31, "device must be auto, cpu, cuda or cuda:N, got tpu", "cpu")]),
+    (("on ft.val", "on ft.val\nevaluate finetune(metric: auroc, metric: accuracy) against nothing"),
+     [(DuplicateName, 18, 34, 50, "'metric' is given twice", None),
+      (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: no_pretrain, pretrain)", None)]),
+    (("data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2)",
+      "data pt = synthetic.multitask(examples: 64, tasks: 4, related: 2)"),
+     [(BadArgument, 1, 11, 66, "synthetic.multitask needs 'dim'", None)]),
+    (("synthetic.multitask_ft(of: pt,", "synthetic.multitask_ft(of: ptt,"),
+     [(BadArgument, 2, 38, 41, "'of' must name a data declaration", "pt")]),
+    (("synthetic.multitask_ft(of: pt,", "synthetic.multitask_ft(of: ft,"),
+     [(Cycle, 2, 6, 8, "'data ft' is built from itself: ft -> ft", None)]),
+    (("head pt_head = linear(out: 4)", "head pt_head = linear(out: 4.5)"),
+     [(BadArgument, 4, 28, 31, "'out' must be an integer, got 4.5", None)]),
+    (("head pt_head = linear(out: 4)", "head pt_head = linear(out: 4, bias: maybe)"),
+     [(BadArgument, 4, 37, 42, "'bias' must be true or false, got a name", None)]),
+    (("head pt_head = linear(out: 4)", "head pt_head = linear(out: 4, bias: \"yes\")"),
+     [(BadArgument, 4, 37, 42, "'bias' must be true or false, got 'yes'", None)]),
+    (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: [8, 4], activation: relu6)"),
+     [(BadArgument, 3, 49, 54, "'activation' must be one of relu, tanh, gelu, sigmoid, identity", "relu")]),
+    (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: [8, 4.5])"),
+     [(BadArgument, 3, 29, 37, "'hidden' must be a list of integers, got a list", None)]),
+    (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: w)"),
+     [(BadArgument, 3, 29, 30, "'hidden' must be a list of integers, got a name", None)]),
+    (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: 2 * 4)"),
+     [(BadArgument, 3, 29, 34, "'hidden' must be a constant value", None)]),
+]
+
+
+def _ids():
+    return [f"{i:02d}-{new.split()[-1][:20]}" for i, ((_, new), _) in enumerate(NEGATIVE)]
+
+
+@pytest.mark.parametrize("change, expected", NEGATIVE, ids=_ids())
+def test_error_class_position_message_hint(change, expected):
+    got = [(type(e), e.span.line, e.span.col, e.span.end_col, e.message, e.hint) for e in errors_of(edit(*change))]
+    assert got == expected
+    assert all(e.span.path == P for e in errors_of(edit(*change)))
+
+
+def test_all_errors_are_collected_and_sorted_by_position():
+    text = edit("data pt batch 16", "data pt batch 0", edit("mlp(hidden", "mlpp(hidden", edit("on ft.val", "on ft.vl")))
+    errors = errors_of(text)
+    assert [(e.span.line, e.span.col) for e in errors] == [(3, 17), (9, 3), (17, 53)]
+    assert [type(e) for e in errors] == [UnknownComponent, OutOfRange, UnknownName]
+
+
+def test_missing_parts_point_at_the_end_of_the_file():
+    errors = errors_of("data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2)\n")
+    assert [e.message for e in errors] == ["the spec has no pretrain block", "the spec has no finetune block",
+                                           "the spec has no meta_objective",
+                                           "the spec declares no meta-parameter: nothing to learn"]
+    assert {(e.span.line, e.span.col) for e in errors} == {(1, 74)}  # just after the last character
+
+
+def test_an_empty_spec_is_an_error_not_a_crash():
+    assert len(errors_of("")) == 4
+
+
+def test_errors_in_an_unused_let_are_still_reported():
+    errors = errors_of(edit("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w)\nlet unused = encoder(q)"))
+    assert [(e.span.line, e.span.col, e.message) for e in errors] == [(8, 22, "unknown name 'q'")]
+
+
+def test_a_syntax_error_stops_before_the_checks():
+    with pytest.raises(SyntaxProblem):
+        compile_spec(edit("model encoder =", "model encoder :"), P)
+
+
+# ---- --set overrides -----------------------------------------------------------------------------
+OVERRIDES = [
+    ("train.seed=3", lambda p: p.train.seed, 3),
+    ("train.device=cpu", lambda p: p.train.device, "cpu"),
+    ('train.device="cuda:1"', lambda p: p.train.device, "cuda:1"),
+    ("pretrain.optimizer.lr=1e-4", lambda p: p.pretrain.optimizer.args["lr"], 1e-4),
+    ("finetune.optimizer.lr=0.5", lambda p: p.finetune.optimizer.args["lr"], 0.5),
+    ("data.pt.seed=2", lambda p: p.datasets[0].source.args["seed"], 2),
+    ("data.pt.dim=16", lambda p: (p.datasets[0].x_dim, p.modules[0].in_dim), (16, 16)),
+    ("finetune.unroll=3", lambda p: p.finetune.unroll, 3),
+    ("pretrain.steps=4", lambda p: p.pretrain.steps, 4),
+    ("pretrain.data.batch=64", lambda p: p.pretrain.data.batch, 64),
+    ("finetune.data.batch=8", lambda p: (p.finetune.data.batch, p.objective.data.batch), (8, 8)),
+    ("model.encoder.hidden=[16, 2]", lambda p: p.modules[0].out_dim, 2),
+    ("head.pt_head.bias=false", lambda p: p.modules[1].component.args["bias"], False),
+    ("meta.w.init=-0.5", lambda p: p.metas[0].init, -0.5),
+]
+
+
+# an override changes a clause the spec has: `pretrain.steps` needs a `steps` clause, `.optimizer.lr` an optimizer
+WITH_OPTIMIZERS = edit("  data ft.train\n", "  data ft.train\n  optimizer sgd(lr: 0.1)\n",
+                       edit("  data pt batch 16\n", "  data pt batch 16\n  steps 10\n  optimizer adam()\n"))
+
+
+@pytest.mark.parametrize("item, read, value", OVERRIDES, ids=[o[0] for o in OVERRIDES])
+def test_override_changes_the_plan(item, read, value):
+    assert read(compile_spec(WITH_OPTIMIZERS, P, [item])) == value
+
+
+def test_override_of_a_clause_the_spec_lacks():
+    with pytest.raises(SpecErrors) as info:
+        compile_spec(BASE, P, ["pretrain.optimizer.lr=1e-4"])
+    assert info.value.errors[0].message == "'pretrain' has no 'optimizer' clause"
+
+
+def test_later_overrides_win_and_the_spec_text_is_untouched():
+    plan = compile_spec(BASE, P, ["train.seed=1", "train.seed=2"])
+    assert plan.train.seed == 2
+    assert compile_spec(BASE, P).train.seed == 0
+
+
+BAD_OVERRIDES = [
+    # item, class, (col, end_col) in `--set ITEM`, message, hint
+    ("train.sede=3", BadArgument, (7, 11),
+     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every)", "seed"),
+    ("train.seed=x", BadArgument, (12, 13), "'seed' must be an integer, got a name", None),
+    ("train.seed=1.5", BadArgument, (12, 15), "'seed' must be an integer, got 1.5", None),
+    ('train.seed="3"', BadArgument, (12, 15), "'seed' must be an integer, got '3'", None),
+    ("train.meta_steps=0", OutOfRange, (18, 19), "'meta_steps' must be >= 1, got 0", None),
+    ("train.device=gpu", BadArgument, (14, 17), "device must be auto, cpu, cuda or cuda:N, got gpu", "cuda"),
+    ("trian.seed=1", UnknownName, (1, 11),
+     "unknown override root 'trian' (known: data, model, head, train, meta_optimizer, evaluate, pretrain, finetune, "
+     "meta)", "train"),
+    ("train=3", BadArgument, (1, 6), "use --set train.KEY=VALUE", None),
+    ("train.seed", BadArgument, (1, 11), "--set takes KEY=VALUE, e.g. --set train.seed=3", None),
+    ("train.seed=", BadArgument, (1, 11), "--set takes KEY=VALUE, e.g. --set train.seed=3", None),
+    ("pretrain.optimizer.lr=0", OutOfRange, (23, 24), "'lr' must be > 0, got 0", None),
+    ("pretrain.optimizer.lr=-1e-3", OutOfRange, (23, 28), "'lr' must be > 0, got -0.001", None),
+    ("pretrain.optimizer.lrr=1e-4", BadArgument, (20, 28),
+     "adam has no parameter 'lrr' (it takes lr, beta1, beta2, eps, weight_decay)", "lr"),
+    ("pretrain.optimiser.lr=1", UnknownName, (1, 22),
+     "cannot override 'optimiser.lr' of pretrain (try: optimizer.lr, steps, unroll, data.batch)", "optimizer.lr"),
+    ("data.pt.seed=x", BadArgument, (14, 15), "'seed' must be an integer, got a name", None),
+    ("data.pt.sed=2", BadArgument, (9, 14),
+     "synthetic.multitask has no parameter 'sed' (it takes examples, dim, tasks, related, adversarial, factors, "
+     "related_factors, noise, seed)", "seed"),
+    ("data.ptt.seed=2", UnknownName, (1, 14), "no data 'ptt' in the spec", "pt"),
+    ("data.pt=2", BadArgument, (1, 8), "use --set data.NAME.ARGUMENT=VALUE", None),
+    ("finetune.unroll=0", OutOfRange, (10, 18), "unroll must be >= 1, got 0", None),
+    ("finetune.unroll=2.5", BadArgument, (17, 20), "'unroll' must be an integer", None),
+    ("finetune.steps=2", UnknownName, (1, 15), "'finetune' has no 'steps' clause to override", None),
+    ("pretrain.data.batch=0", OutOfRange, (15, 22), "batch must be >= 1, got 0", None),
+    ("pretrain.data.batch=x", BadArgument, (21, 22), "'data.batch' must be an integer", None),
+    ("meta.w=1", BadArgument, (1, 7), "use --set meta.NAME.init=VALUE", None),
+    ("meta.v.init=1", UnknownName, (1, 12), "no meta-parameter 'v' in the spec", None),
+    ("evaluate.seeds=3", UnknownName, (1, 15), "the spec has no 'evaluate' to override", None),
+    ("train.seed=(", SyntaxProblem, (13, 14),
+     "syntax error: unexpected end of file; expected one of '(', '-', '[', a name, a number, a string", None),
+    ("train.seed=f(1", SyntaxProblem, (15, 16), "syntax error: missing ')'", None),
+]
+
+
+@pytest.mark.parametrize("item, cls, cols, message, hint", BAD_OVERRIDES, ids=[b[0] for b in BAD_OVERRIDES])
+def test_bad_override(item, cls, cols, message, hint):
+    with pytest.raises((SpecErrors, SyntaxProblem)) as info:
+        compile_spec(WITH_OPTIMIZERS, P, [item])
+    errors = info.value.errors if isinstance(info.value, SpecErrors) else [info.value]
+    assert len(errors) == 1
+    e = errors[0]
+    assert (type(e), e.span.path, e.span.line, (e.span.col, e.span.end_col), e.message, e.hint) == (
+        cls, f"--set {item}", 1, cols, message, hint)
+
+
+# ---- AANG spaces ---------------------------------------------------------------------------------
+def _space(text):
+    errors = []
+    result = expand(parse(text, P).items[0], errors)
+    return result, errors
+
+
+@pytest.mark.parametrize("text, objectives, removed", [
+    ("space s = a{p}", ("p",), ()),
+    ("space s = a{p, q} x b{u, v}", ("p.u", "p.v", "q.u", "q.v"), ()),
+    ("space s = a{p, q} x b{u, v} exclude a == p", ("q.u", "q.v"), (2,)),
+    ("space s = a{p, q} x b{u, v} exclude a == p and b == v", ("p.u", "q.u", "q.v"), (1,)),
+    ("space s = a{p, q} x b{u, v} exclude a != p", ("p.u", "p.v"), (2,)),
+    ("space s = a{p, q, r} x b{u} exclude a in {p, r}", ("q.u",), (2,)),
+    # the first rule that matches removes a combination; later rules count only what is left
+    ("space s = a{p, q} x b{u, v} exclude a == p exclude b == u", ("q.v",), (2, 1)),
+    ("space s = a{p, q} x b{u, v} exclude a == p exclude a == p and b == u", ("q.u", "q.v"), (2, 0)),
+    ("space s = t{x, y} x o{m, c} x r{f, h}",
+     ("x.m.f", "x.m.h", "x.c.f", "x.c.h", "y.m.f", "y.m.h", "y.c.f", "y.c.h"), ()),
+])
+def test_space_expansion(text, objectives, removed):
+    result, errors = _space(text)
+    assert errors == []
+    assert result.objectives == objectives
+    assert result.removed == removed
+    assert len(set(result.objectives)) == len(result.objectives)
+
+
+def test_space_counts_and_stable_names_at_scale():
+    stages = " x ".join(f"s{i}{{{', '.join(f'c{i}{j}' for j in range(4))}}}" for i in range(4))
+    result, _ = _space(f"space big = {stages} exclude s0 == c00 and s1 != c10")
+    assert len(result.objectives) == 4 ** 4 - 1 * 3 * 4 * 4
+    assert result.objectives[0] == "c00.c10.c20.c30"
+    assert result.objectives == _space(f"space big = {stages} exclude s0 == c00 and s1 != c10")[0].objectives
+    assert result.stages == ("s0", "s1", "s2", "s3")
+
+
+def test_space_size_is_the_factored_meta_size():
+    text = edit("meta w: vector[4] = 0.0", "meta w: vector[4] = 0.0\nspace aux = a{p, q, r} x b{u, v} "
+                "exclude a == r\nmeta f: factored(aux)")
+    assert [(m.name, m.size) for m in compile_spec(text, P).metas] == [("w", 4), ("f", 4)]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("space s = a{p} x a{q}", [(DuplicateName, 1, 18, "stage 'a' appears twice in space 's'", None)]),
+    ("space s = a{p, p}", [(DuplicateName, 1, 13, "choice 'p' is listed twice", None),
+                           (DuplicateName, 1, 16, "choice 'p' is listed twice", None)]),
+    ("space s = a{p} exclude b == p", [(UnknownName, 1, 24, "exclude names unknown stage 'b'", None)]),
+    ("space s = task{p} exclude tsk == p", [(UnknownName, 1, 27, "exclude names unknown stage 'tsk'", "task")]),
+    ("space s = a{pq, r} exclude a in {pqq, r}", [(UnknownName, 1, 34, "'pqq' is not a choice of a", "pq")]),
+])
+def test_space_errors(text, expected):
+    _, errors = _space(text)
+    assert [(type(e), e.span.line, e.span.col, e.message, e.hint) for e in errors] == expected

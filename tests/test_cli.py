@@ -1,0 +1,125 @@
+"""The command line as a user meets it: exit codes (0 ok, 2 for every user mistake, argparse's 2 for misuse),
+no traceback ever, and `mptc check` staying torch-free. Runs the venv's `mptc` in subprocesses."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mptc.cli import main, render
+from mptc.errors import Span, SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+MPTC = Path(sys.executable).with_name("mptc")
+BROKEN = ROOT / "tests" / "fixtures" / "errors" / "42_shape_mismatch.mpt"
+
+
+def mptc(*args, cwd=ROOT):
+    if not MPTC.exists():
+        pytest.skip(f"no console script next to {sys.executable}")
+    done = subprocess.run([str(MPTC), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    return done
+
+
+def test_check_quickstart_exits_0():
+    done = mptc("check", "specs/quickstart.mpt")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "specs/quickstart.mpt: ok\n", "")
+
+
+def test_compile_prints_the_ir_as_json():
+    done = mptc("compile", "specs/quickstart.mpt", "--emit", "ir", "--set", "train.seed=5")
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["train"]["seed"] == 5
+
+
+def test_broken_spec_exits_2_with_the_rendered_error():
+    done = mptc("check", BROKEN.name, cwd=BROKEN.parent)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == BROKEN.with_suffix(".err").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.mpt", "no such file"),
+    (lambda d: d, "it is a directory"),
+    (lambda d: _write(d / "latin1.mpt", "spec caf\xe9\n".encode("latin-1")), "not UTF-8 text (byte 8)"),
+])
+def test_unreadable_spec_exits_2(tmp_path, make, message):
+    path = make(tmp_path)
+    done = mptc("check", path)
+    assert done.returncode == 2
+    assert done.stderr == f"mptc: error: cannot read spec '{path}': {message}\n"
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("item, first_line", [
+    ("train.sede=3", "--set train.sede=3:1:7: error: unknown train option 'sede'"),
+    ("pretrain.optimizer.lr=0", "--set pretrain.optimizer.lr=0:1:23: error: 'lr' must be > 0, got 0"),
+    ("train.seed", "--set train.seed:1:1: error: --set takes KEY=VALUE"),
+    ("train.seed=f(", "--set train.seed=f(:1:14: error: syntax error: unexpected end of file"),
+])
+def test_bad_set_exits_2(item, first_line):
+    done = mptc("check", "specs/quickstart.mpt", "--set", item)
+    assert done.returncode == 2
+    assert done.stderr.startswith(first_line)
+    assert done.stderr.splitlines()[1] == f"1 | {item}"
+    assert done.stderr.endswith("mptc: 1 error\n")
+
+
+@pytest.mark.parametrize("args", [(), ("frobnicate",), ("check",), ("compile", "specs/quickstart.mpt", "--emit", "xml"),
+                                  ("check", "specs/quickstart.mpt", "--sett", "a=1")])
+def test_argparse_misuse_exits_2(args):
+    done = mptc(*args)
+    assert done.returncode == 2
+    assert "usage: mptc" in done.stderr
+
+
+def test_check_does_not_import_torch():
+    code = ("import sys; from mptc.cli import main; rc = main(['check', 'specs/quickstart.mpt']); "
+            "assert rc == 0, rc; heavy = sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules); "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "mptc", "check", "specs/quickstart.mpt"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "specs/quickstart.mpt: ok\n")
+
+
+# ---- in process ----------------------------------------------------------------------------------
+def test_main_returns_2_for_user_mistakes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    bad = tmp_path / "bad.mpt"
+    bad.write_text("let a =\n", encoding="utf-8")
+    assert main(["check", str(bad)]) == 2
+    assert main(["check", str(tmp_path / "nope.mpt")]) == 2
+    assert main(["check", "specs/quickstart.mpt", "--set", "nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{bad}:1:8: error: syntax error: unexpected end of file" in err
+    assert "--set nope=1:1:1: error: unknown override root 'nope'" in err
+
+
+def _render(line, col, end_line, end_col, text, hint=None, note=None):
+    return render(SpecError(Span("f.mpt", line, col, end_line, end_col), "oops", hint, note), {"f.mpt": text})
+
+
+def test_render_carets_hint_and_note():
+    assert _render(1, 5, 1, 8, "let abc = 1", hint="abd", note="see there") == (
+        "f.mpt:1:5: error: oops\n1 | let abc = 1\n  |     ^^^\n  = did you mean 'abd'?\n  = note: see there")
+
+
+def test_render_multiline_span_underlines_to_the_end_of_its_first_line():
+    assert _render(2, 3, 4, 2, "a\nb { c\nd\n}").splitlines()[1:] == ["2 | b { c", "  |   ^^^"]
+
+
+def test_render_at_end_of_line_and_outside_the_file():
+    assert _render(1, 4, 1, 5, "abc").splitlines()[2] == "  |    ^"
+    assert _render(9, 1, 9, 2, "abc") == "f.mpt:9:1: error: oops"  # no such line: the header alone

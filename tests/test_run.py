@@ -1,0 +1,81 @@
+"""`mptc run` end to end on a tiny spec: the run directory contract, reproducibility, and faults."""
+import json
+
+import pytest
+import torch
+
+from mptc.cli import main
+from mptc.runtime import executor
+
+TINY = """
+spec tiny "a tiny run"
+data pt = synthetic.multitask(examples: 256, dim: 8, tasks: 12, related: 4, adversarial: 2, seed: 0)
+data ft = synthetic.multitask_ft(of: pt, examples: 240, tasks: 2, seed: 1) split train 0.4, val 0.3, test 0.3
+model encoder = mlp(hidden: [16, 4])
+head pt_head = linear(out: 12)
+head ft_head = linear(out: 2)
+meta w: vector[12] = 0.0
+let task_weight = 2 * sigmoid(w)
+pretrain { data pt batch 32  loss mean(task_weight * bce(pt_head(encoder(x)), y))  steps 2 }
+finetune { data ft.train batch 32  loss mean(bce(ft_head(encoder(x)), y))  unroll 1 }
+meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+meta_optimizer adam(lr: 0.1)
+train meta_steps 6 warmup 2 seed 0 device cpu log_every 2
+evaluate finetune(epochs: 2, seeds: 2) against no_pretrain, pretrain
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "tiny.mpt"
+    path.write_text(TINY)
+    return path
+
+
+def _run(spec, out, *extra):
+    return main(["run", str(spec), "--out", str(out), "--quiet", *extra])
+
+
+def test_run_writes_the_whole_directory(spec, tmp_path):
+    out = tmp_path / "run"
+    assert _run(spec, out) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["spec.mpt", "ir.json", "metrics.jsonl", "meta.json", "eval.json", "diagnostics.json", "checkpoint.pt"])
+    assert (out / "spec.mpt").read_text() == TINY
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["meta_step"] for r in rows] == [1, 2, 4, 6]
+    assert {"step", "pt_loss", "ft_val_loss", "hypergrad_norm", "elapsed_s"} <= set(rows[0])
+    meta = json.loads((out / "meta.json").read_text())
+    assert len(meta["task_weight"]) == 12 and meta["w"] != [0.0] * 12
+    assert all(abs(t - 2 / (1 + 2.718281828459045 ** -w)) < 1e-5 for t, w in zip(meta["task_weight"], meta["w"]))
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(ev) == {"meta", "no_pretrain", "pretrain"}
+    assert all(set(v) >= {"metric", "mean", "stderr", "seeds"} and v["seeds"] == 2 for v in ev.values())
+    ckpt = torch.load(out / "checkpoint.pt")
+    assert "encoder.0.weight" in ckpt["params"] and "w" in ckpt["metas"]
+
+
+def test_run_is_reproducible_and_set_changes_it(spec, tmp_path):
+    for name, extra in (("a", ()), ("b", ()), ("c", ("--set", "train.seed=1"))):
+        assert _run(spec, tmp_path / name, *extra) == 0
+    meta = {n: json.loads((tmp_path / n / "meta.json").read_text())["w"] for n in "abc"}
+    assert meta["a"] == meta["b"] != meta["c"]
+
+
+def test_existing_out_is_refused(spec, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert _run(spec, tmp_path / "run") == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_nonfinite_hypergradients_stop_the_run_and_leave_nothing(spec, tmp_path, capsys, monkeypatch):
+    real = executor.Trainer.hypergradient
+
+    def poisoned(self, *args):
+        l_val, hg, info = real(self, *args)
+        return l_val, {n: g * float("nan") for n, g in hg.items()}, info
+    monkeypatch.setattr(executor.Trainer, "hypergradient", poisoned)
+    assert _run(spec, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "non-finite hypergradient at meta-step 5" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [spec]
