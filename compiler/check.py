@@ -425,6 +425,19 @@ class _Checker:
                     self.err(UnknownComponent(ident.span, f"unknown baseline '{ident.name}' "
                                               f"(known: {', '.join(BASELINES.names())})",
                                               hint=did_you_mean(ident.name, BASELINES.names())))
+            self._evaluation_splits(ev)
+
+    def _evaluation_splits(self, ev):
+        """The protocol fine-tunes on the meta-objective's dataset: it needs train, val and test splits."""
+        objective = self.singles.get("meta_objective")
+        decl = self.of(ast.DataDecl).get(objective.on.parts[0]) if objective else None
+        if decl is None:
+            return
+        missing = [s for s in ("train", "val", "test") if s not in {p.name for p in decl.split}]
+        if missing:
+            self.err(MissingPart(ev.span, f"evaluate fine-tunes on '{decl.name}', which needs the splits "
+                                 f"train, val and test (missing: {', '.join(missing)})",
+                                 note=f"e.g. data {decl.name} = ... split train 0.2, val 0.3, test 0.5"))
 
     def _estimator(self, entry):
         if entry.stage not in ESTIMATOR_DEFAULTS:

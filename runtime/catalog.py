@@ -43,7 +43,7 @@ def _dense(out_key):
 # ---- models and heads ----------------------------------------------------------------------------
 _ACTS = ("relu", "tanh", "gelu", "sigmoid", "identity")
 MODELS.register("mlp", [
-    Param("hidden", "ints", doc="widths of the hidden layers; the last is the feature size"),
+    Param("hidden", "ints", min=1, doc="widths of the hidden layers; the last is the feature size"),
     Param("in", "int", None, min=1, doc="input features (inferred from the data when left out)"),
     Param("activation", "choice", "relu", choices=_ACTS),
     Param("dropout", "float", 0.0, min=0, max=1),
@@ -54,7 +54,7 @@ MODELS.register("linear", [Param("out", "int", min=1), Param("in", "int", None, 
                 target="mptc.runtime.models:linear", doc="One linear map.", shape=_dense(lambda a: a["out"]))
 HEADS.register("linear", [Param("out", "int", min=1), Param("bias", "bool", True)],
                target="mptc.runtime.models:linear", doc="A linear task head.", shape=_dense(lambda a: a["out"]))
-HEADS.register("mlp", [Param("hidden", "ints"), Param("out", "int", min=1),
+HEADS.register("mlp", [Param("hidden", "ints", min=1), Param("out", "int", min=1),
                        Param("activation", "choice", "relu", choices=_ACTS)],
                target="mptc.runtime.models:mlp_head", doc="An MLP head.", shape=_dense(lambda a: a["out"]))
 

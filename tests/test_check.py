@@ -187,7 +187,9 @@ NEGATIVE = [
      [(DuplicateName, 18, 14, 18, "train option 'seed' is given twice", None),
       (BadArgument, 18, 28, 31, "device must be auto, cpu, cuda or cuda:N, got tpu", "cpu")]),
     (("on ft.val", "on ft.val\nevaluate finetune(metric: auroc, metric: accuracy) against nothing"),
-     [(DuplicateName, 18, 34, 50, "'metric' is given twice", None),
+     [(MissingPart, 18, 1, 67, "evaluate fine-tunes on 'ft', which needs the splits train, val and test "
+                                "(missing: test)", None),
+      (DuplicateName, 18, 34, 50, "'metric' is given twice", None),
       (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: no_pretrain, pretrain)", None)]),
     (("data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2)",
       "data pt = synthetic.multitask(examples: 64, tasks: 4, related: 2)"),
