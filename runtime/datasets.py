@@ -1,34 +1,42 @@
-"""Synthetic multitask data whose structure makes pre-training task weights matter.
+"""Synthetic multitask data whose structure makes pre-training (PT) task weights matter.
 
-The planted mechanism (all randomness from ``torch.Generator`` streams derived from ``seed``):
+The planted mechanism (all randomness from ``torch.Generator`` streams derived from ``seed``; never
+the global RNG):
 
 * **Latents.** Each example has ``z ~ N(0, I_factors)``. The first ``related_factors`` coordinates,
   ``z_rel``, are the ones every fine-tuning (FT) task depends on; the other
   ``factors - related_factors`` coordinates, ``z_unrel``, matter to no FT task.
-* **Inputs.** ``x = standardise(tanh(z A1 + c1) A2) + noise * eps``: a fixed random 2-layer tanh network
-  from ``factors`` to ``4 * dim`` hidden units to ``dim`` outputs, with per-coordinate standardisation
-  (statistics from a fixed reference sample) and Gaussian input noise. Every input coordinate mixes
-  every factor, so an encoder must learn which factors to extract.
-* **Pre-training (PT) tasks.** ``tasks = related + unrelated + adversarial``; the adversarial tasks
-  come out of the non-related budget, so ``unrelated = tasks - related - adversarial``.
-  With ``u`` a unit vector and ``eps ~ N(0, 1)``:
+* **Inputs.** ``x = standardise(sin(z A1 + c1) A2) + noise * eps``: a fixed random 2-layer network
+  with ``H = 4 * dim`` sine units, ``A1 ~ N(0, GAIN^2 / factors)`` (``GAIN = 1.25``),
+  ``c1 ~ U[0, 2 pi)``, ``A2 ~ N(0, 1 / H)``, per-coordinate standardisation with statistics of a
+  fixed reference sample, and Gaussian input noise. Every input coordinate mixes every factor, and
+  the sine is not monotone: a least-squares read-out of ``z`` from ``x`` explains only 65-85% of
+  each factor's variance, so an encoder has to *learn* to extract the factors, which few FT
+  examples do badly.
+* **PT tasks.** ``tasks = related + unrelated + adversarial``; the adversarial tasks come out of the
+  non-related budget, ``unrelated = tasks - related - adversarial``. With unit vectors ``u, v``
+  drawn per task and ``eps ~ N(0, 1)``:
 
-  - *related* (``related`` tasks): ``y = 1[u . z_rel + noise * eps > 0]``, a linear threshold on
-    ``z_rel`` with a new random direction ``u`` per task;
-  - *unrelated* (``unrelated`` tasks): ``y = 1[(u . z_unrel)(v . z_unrel) + noise * eps > 0]``, the
-    sign of a product of two random projections of ``z_unrel`` only. Each such task needs its own
-    quadratic feature, so together they ask for far more features than a narrow encoder has;
-  - *adversarial* (``adversarial`` tasks): random bits, Bernoulli(1/2) fixed per example and
-    independent of everything, i.e. pure label noise that can only be fitted by memorising.
+  - *related*: ``y = 1[u . z_rel + ((v . z_rel)^2 - 1) + noise * eps > 0]``, mildly nonlinear in
+    ``z_rel``; learning them needs the 3 linear and the 6 quadratic features of ``z_rel``;
+  - *unrelated*: ``y = 1[u . z_unrel + noise * eps > 0]``, a linear threshold on ``z_unrel`` only;
+  - *adversarial*: random bits, Bernoulli(1/2) fixed per example and independent of everything:
+    pure label noise that an encoder can only fit by memorising, which wastes capacity.
 
-  With the usual proportions (e.g. 100 tasks, 20 related, 10 adversarial: 20% / 70% / 10%) a narrow
-  encoder pre-trained with uniform weights spends most of its capacity on the unrelated tasks;
-  weighting only the related ones leaves a representation of ``z_rel`` that serves FT better.
-  The task kinds are shuffled with the seed, so the related tasks are not just the first ones;
-  ``info["kind"]`` and ``info["relevant"]`` record the planted truth.
-* **FT tasks** (:func:`synthetic_multitask_ft`): same latent-to-input map, fresh examples,
-  ``y = 1[u . z_rel + (v . z_rel)^2 / 2 - 1/2 + noise * eps > 0]`` with new random unit ``u, v``:
-  a mildly nonlinear function of ``z_rel`` only.
+* **FT tasks** (:func:`synthetic_multitask_ft`): same latent-to-input map, fresh examples, and the
+  related family ``y = 1[u . z_rel + ((v . z_rel)^2 - 1) + noise * eps > 0]`` with new ``u, v``.
+
+Why task weights matter (capacity competition in a narrow encoder, e.g. width 8, with the defaults
+``factors=6, related_factors=3`` and proportions like 100 tasks = 20 related (20%), 70 unrelated
+(70%), 10 adversarial (10%)). Roughly, the PT loss rewards a feature by how many tasks need it:
+each of the 3 unrelated factors is needed by ~70/3 = 23 tasks, each linear ``z_rel`` feature by
+~20/3 = 7, each quadratic ``z_rel`` feature by fewer. Uniform weights therefore fill the bottleneck
+with the unrelated factors first and keep little room (about 8 - 3 - 3 = 2 dims) for the quadratic
+``z_rel`` features that FT needs; oracle weights (related only) spend all of it on ``z_rel``; no
+PT leaves FT to learn the sine inversion from a few examples. Hence FT quality
+oracle > uniform > none, as ``benchmarks/oracle_weights.py`` measures.
+The task kinds are shuffled with the seed, so the related tasks are not just the
+first ones; ``info["kind"]`` and ``info["relevant"]`` record the planted truth.
 
     >>> pt = synthetic_multitask(examples=256, dim=16, tasks=10, related=3, adversarial=2)
     >>> pt.splits["all"][0].shape, pt.splits["all"][1].shape, sum(pt.info["relevant"])
@@ -47,16 +55,12 @@ from torch import Tensor
 
 __all__ = ["Dataset", "LatentGenerator", "latents", "split", "synthetic_multitask", "synthetic_multitask_ft"]
 
-GAIN = 1.5  # scale of the first layer of the input map: its degree of nonlinearity
-CURVE = 0.5  # weight of the quadratic term of every task score
-ACT = torch.tanh
-UNREL_CURVE = None
-INPUT_NOISE = None
+GAIN = 1.25  # scale of the first layer of the input map: its degree of nonlinearity
 _REFERENCE = 8192  # examples used to fix the standardisation of the input map
 _SALT = {"map": 1, "pt": 2, "ft": 3, "split": 4}
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Dataset:
     """Named splits ``name -> (x [N, dim] float32, y [N, T] float32 0/1)`` plus metadata ``info``."""
 
@@ -64,7 +68,7 @@ class Dataset:
     info: dict
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class LatentGenerator:
     """The fixed random map from latents ``z`` to inputs ``x`` (shared by PT and FT data)."""
 
@@ -83,12 +87,12 @@ class LatentGenerator:
 
     def clean(self, z: Tensor) -> Tensor:
         """The noiseless, standardised inputs for latents ``z``."""
-        return ((ACT(z @ self.a1 + self.c1) @ self.a2) - self.mean) / self.std
+        return ((torch.sin(z @ self.a1 + self.c1) @ self.a2) - self.mean) / self.std
 
     def inputs(self, z: Tensor, gen: torch.Generator) -> Tensor:
         """Noisy inputs ``x`` for latents ``z``."""
         x = self.clean(z)
-        return x + (self.noise if INPUT_NOISE is None else INPUT_NOISE) * torch.randn(x.shape, generator=gen)
+        return x + self.noise * torch.randn(x.shape, generator=gen)
 
 
 def _rng(seed: int, salt: str) -> torch.Generator:
@@ -104,10 +108,10 @@ def _units(n: int, d: int, gen: torch.Generator) -> Tensor:
 
 
 def _make_generator(dim: int, factors: int, related_factors: int, noise: float, seed: int) -> LatentGenerator:
-    """Draw the random 2-layer tanh map and fix its standardisation on a reference sample."""
+    """Draw the random 2-layer sine map and fix its standardisation on a reference sample."""
     gen, hidden = _rng(seed, "map"), 4 * dim
     a1 = torch.randn(factors, hidden, generator=gen) * (GAIN / math.sqrt(factors))
-    c1 = 0.5 * torch.randn(hidden, generator=gen)
+    c1 = 2 * math.pi * torch.rand(hidden, generator=gen)
     a2 = torch.randn(hidden, dim, generator=gen) / math.sqrt(hidden)
     ones, zeros = torch.ones(dim), torch.zeros(dim)
     raw = LatentGenerator(factors, related_factors, noise, a1, c1, a2, zeros, ones)
@@ -122,25 +126,24 @@ def _kinds(tasks: int, related: int, adversarial: int, gen: torch.Generator) -> 
     return [kinds[i] for i in torch.randperm(tasks, generator=gen).tolist()]
 
 
-def _family(z: Tensor, u: Tensor, v: Tensor, curve: float | None = None) -> Tensor:
-    """The task score family ``u . z + CURVE * ((v . z)^2 - 1)`` (columns per row of ``u``/``v``)."""
-    curve = CURVE if curve is None else curve
-    return z @ u.T + curve * ((z @ v.T) ** 2 - 1)
+def _related(z_rel: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """Scores ``u . z + ((v . z)^2 - 1)`` of the related family, one column per row of ``u``/``v``."""
+    return z_rel @ u.T + ((z_rel @ v.T) ** 2 - 1)
+
+
+def _score(kind: str, z: Tensor, rel: int, gen: torch.Generator) -> Tensor:
+    """The noiseless score of one PT task of ``kind`` (module docstring), drawing its directions."""
+    if kind == "related":
+        return _related(z[:, :rel], _units(1, rel, gen), _units(1, rel, gen))[:, 0]
+    if kind == "unrelated":
+        return z[:, rel:] @ _units(1, z.shape[1] - rel, gen)[0]
+    return torch.randn(z.shape[0], generator=gen)  # adversarial: random bits per example
 
 
 def _labels(kinds: list[str], z: Tensor, rel: int, noise: float, gen: torch.Generator) -> Tensor:
-    """PT labels ``[N, T]`` for latents ``z`` per the module docstring."""
-    n, parts = z.shape[0], {"related": z[:, :rel], "unrelated": z[:, rel:]}
-    cols = []
-    for kind in kinds:
-        if kind == "adversarial":
-            score = torch.randn(n, generator=gen)
-        else:
-            d = parts[kind].shape[1]
-            score = _family(parts[kind], _units(1, d, gen), _units(1, d, gen),
-                            UNREL_CURVE if kind == "unrelated" else None)[:, 0]
-        cols.append(score + noise * torch.randn(n, generator=gen))
-    return (torch.stack(cols, 1) > 0).float()
+    """PT labels ``[N, T]`` for latents ``z``."""
+    scores = [_score(kind, z, rel, gen) + noise * torch.randn(len(z), generator=gen) for kind in kinds]
+    return (torch.stack(scores, 1) > 0).float()
 
 
 def _check(examples: int, dim: int, tasks: int, related: int, adversarial: int, factors: int,
@@ -150,12 +153,12 @@ def _check(examples: int, dim: int, tasks: int, related: int, adversarial: int, 
         raise ValueError("sizes must be positive (related, adversarial non-negative)")
     if related + adversarial > tasks:
         raise ValueError(f"related + adversarial = {related + adversarial} exceeds tasks = {tasks}")
-    if related_factors + 2 > factors:
-        raise ValueError(f"factors = {factors} must exceed related_factors = {related_factors} by 2 or more")
+    if related_factors >= factors:
+        raise ValueError(f"related_factors = {related_factors} must be < factors = {factors}")
 
 
 def synthetic_multitask(*, examples: int, dim: int, tasks: int, related: int, adversarial: int = 0,
-                        factors: int = 8, related_factors: int = 3, noise: float = 0.1,
+                        factors: int = 6, related_factors: int = 3, noise: float = 0.1,
                         seed: int = 0) -> Dataset:
     """The PT dataset (split ``"all"``) with planted task relevance; see the module docstring.
 
@@ -190,7 +193,7 @@ def synthetic_multitask_ft(*, of: Dataset, examples: int, tasks: int, seed: int 
     z = g.latents(examples, gen)
     x, z_rel = g.inputs(z, gen), z[:, : g.related_factors]
     u, v = _units(tasks, g.related_factors, gen), _units(tasks, g.related_factors, gen)
-    score = _family(z_rel, u, v)
+    score = _related(z_rel, u, v)
     y = (score + g.noise * torch.randn(score.shape, generator=gen) > 0).float()
     info = {"kind": ["finetune"] * tasks, "relevant": [True] * tasks, "generator": g,
             "stream": "ft", "seed": seed, "examples": examples, "factors": g.factors,
@@ -204,7 +207,7 @@ def latents(ds: Dataset) -> Tensor:
 
         >>> ds = synthetic_multitask(examples=10, dim=8, tasks=4, related=2)
         >>> latents(ds).shape
-        torch.Size([10, 8])
+        torch.Size([10, 6])
     """
     info = ds.info
     gen = _rng(info["seed"], info["stream"])
