@@ -3,11 +3,14 @@
     mptc check SPEC                      parse and check (never imports torch)
     mptc compile SPEC --emit ir          the IR plan as JSON
     mptc run SPEC [--out DIR] [--set key=value ...]
+    mptc fmt [--check] FILES...          rewrite specs in canonical layout, comments kept (commands.py)
+    mptc space SPEC [--json]             the objectives each space declaration expands to (commands.py)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_run)
+    from mptc.commands import add_commands
+    add_commands(sub)
     return parser
 
 
@@ -121,6 +126,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mptc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mptc space s.mpt | head`: the reader has gone; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is silent
+        return 1
 
 
 def _safe_read(path: str) -> str:

@@ -15,7 +15,7 @@ import attrs
 
 from mptc.compiler import ast
 from mptc.compiler.space import expand
-from mptc.compiler.values import check_args, check_component, fold
+from mptc.compiler.values import check_args, check_component, fits_float, fold
 from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
                          SpecErrors, UnknownComponent, UnknownName, did_you_mean)
 from mptc.runtime.catalog import B, ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES, ShapeProblem, _fmt, broadcast
@@ -34,7 +34,8 @@ CLAUSE_NAME = {ast.DataClause: "data", ast.LossClause: "loss", ast.OptimizerClau
                ast.StepsClause: "steps", ast.UnrollClause: "unroll", ast.AugmentClause: "augment",
                ast.SampleClause: "sample", ast.WeightsClause: "weights", ast.EndTaskWeightClause: "end_task_weight"}
 TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1), Param("warmup", "int", 0, min=0),
-                 Param("seed", "int", 0), Param("device", "str", "auto"), Param("log_every", "int", 10, min=1))
+                 Param("seed", "int", 0), Param("device", "str", "auto"), Param("log_every", "int", 10, min=1),
+                 Param("max_nonfinite", "int", 5, min=1, doc="non-finite hypergradients in a row that stop a run"))
 DEFAULT_OPTIMIZER = {"pretrain": {"name": "adam", "args": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                                                            "weight_decay": 0.0}},
                      "finetune": {"name": "sgd", "args": {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}}}
@@ -125,7 +126,16 @@ class _Checker:
         for p in comp.params:
             if p.kind == "dataset" and args.get(p.name) is not None:
                 args[p.name] = self.data_shapes[args[p.name]]
-        self.data_shapes[name] = comp.shape(args, None)
+        self.data_shapes[name] = shape = comp.shape(args, None)
+        decl = self.decls[name]
+        if decl.split and shape and shape.get("splits"):
+            first = decl.split[0].span
+            self.err(BadArgument(first, f"{comp.name} comes with its own splits "
+                                 f"({', '.join(shape['splits'])}): drop the split clause"))
+
+    def splits_of(self, decl) -> list[str]:
+        """The split names of a data declaration: its `split` clause, else those its dataset comes with."""
+        return [p.name for p in decl.split] or list((self.data_shapes.get(decl.name) or {}).get("splits", ()))
 
     def _splits(self, decl):
         seen, total = set(), 0.0
@@ -243,7 +253,7 @@ class _Checker:
             known = f"declared: {', '.join(decls)}" if decls else "no data is declared"
             self.err(UnknownName(ref.span, f"unknown data '{name}' ({known})", hint=did_you_mean(name, decls)))
             return None
-        splits = [p.name for p in decls[name].split]
+        splits = self.splits_of(decls[name])
         if split is None and splits:
             self.err(MissingPart(ref.span, f"'{name}' is split into {', '.join(splits)}: name one, "
                                  f"e.g. {name}.{splits[0]}"))
@@ -433,7 +443,7 @@ class _Checker:
         decl = self.of(ast.DataDecl).get(objective.on.parts[0]) if objective else None
         if decl is None:
             return
-        missing = [s for s in ("train", "val", "test") if s not in {p.name for p in decl.split}]
+        missing = [s for s in ("train", "val", "test") if s not in self.splits_of(decl)]
         if missing:
             self.err(MissingPart(ev.span, f"evaluate fine-tunes on '{decl.name}', which needs the splits "
                                  f"train, val and test (missing: {', '.join(missing)})",
@@ -504,7 +514,7 @@ class _Checker:
 
 # ---- helpers -------------------------------------------------------------------------------------
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, (bool, str))
+    return isinstance(v, (int, float)) and not isinstance(v, (bool, str)) and fits_float(v)
 
 
 def _incomplete(comp, checked) -> bool:

@@ -183,6 +183,7 @@ class Train:
     seed: int
     device: str
     log_every: int
+    max_nonfinite: int = 5
 
 
 @frozen

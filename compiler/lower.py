@@ -69,7 +69,8 @@ class _Lower:
             if isinstance(d, (ast.ModelDecl, ast.HeadDecl)):
                 comp = _component(self.c.args[id(d.component)])
                 role = "model" if isinstance(d, ast.ModelDecl) else "head"
-                out = comp.args.get("out") or (comp.args.get("hidden") or [None])[-1]
+                hidden = comp.args.get("hidden")  # a list of widths (mlp) or one width (gin)
+                out = comp.args.get("out") or (hidden[-1] if isinstance(hidden, (list, tuple)) else hidden)
                 yield ir.Module(name, role, comp, self.c.in_dims.get(name), out)
 
     def meta_params(self):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
+from lark import Lark, Token, Transformer, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
 from lark.exceptions import UnexpectedEOF, VisitError
 
 from mptc.compiler import ast
@@ -356,13 +357,41 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> SyntaxProblem:
     return SyntaxProblem(Span(path, line, col, line, col + max(width, 1)), message, hint=hint)
 
 
+# Levels of nesting a spec may use: far beyond any real spec (about 10), well within Python's recursion
+# limit for the transformer, the checks and the printer, which all recurse over the tree.
+MAX_NESTING = 100
+
+
+def _too_deep(tree):
+    """The first subtree, in source order, nested more than MAX_NESTING levels deep (`---...x`), or None."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        stack.extend((child, depth + 1) for child in reversed(node.children) if isinstance(child, Tree))
+    return None
+
+
+def _build_error(err: VisitError, path: str) -> SyntaxProblem:
+    if isinstance(err.orig_exc, ValueError):  # int() refuses literals longer than this many digits
+        return SyntaxProblem(span_of(err.obj.meta, path),
+                             f"syntax error: a number longer than {sys.get_int_max_str_digits()} digits")
+    return SyntaxProblem(span_of(err.obj.meta, path), f"syntax error: {err.orig_exc}")
+
+
 def parse(text: str, path: str = "<spec>", start: str = "start"):
     """Parses .mpt text into an ast.Spec (or an expression with start="expr"); raises SyntaxProblem."""
     try:
         tree = parser().parse(text, start=start)
     except UnexpectedInput as err:
         raise _syntax_error(err, text, path) from None
+    deep = _too_deep(tree)
+    if deep is not None:
+        at = span_of(deep.meta, path)
+        raise SyntaxProblem(Span(path, at.line, at.col, at.line, at.col + 1),
+                            f"syntax error: nested more than {MAX_NESTING} levels deep")
     try:
         return _Build(path).transform(tree)
-    except VisitError as err:  # a literal the transformer cannot convert (a safety net: none is known)
-        raise SyntaxProblem(span_of(err.obj.meta, path), f"syntax error: {err.orig_exc}") from None
+    except VisitError as err:  # a literal the transformer cannot convert: a number too long for int()
+        raise _build_error(err, path) from None

@@ -12,11 +12,15 @@ choices joined with dots, e.g. `task.bert_op.bidirectional.denoise`.
 from __future__ import annotations
 
 import itertools
+import math
 
 import attrs
 
 from mptc.compiler import ast
-from mptc.errors import DuplicateName, Span, UnknownName, did_you_mean
+from mptc.errors import DuplicateName, OutOfRange, Span, UnknownName, did_you_mean
+
+# Far beyond AANG's spaces (hundreds of objectives); a product of a few more factors would take minutes.
+MAX_COMBINATIONS = 100_000
 
 
 @attrs.frozen
@@ -68,6 +72,11 @@ def expand(decl: ast.SpaceDecl, errors: list) -> Expanded:
     choices = _check(decl, errors)
     stages = tuple(choices)
     kept, removed = [], [0] * len(decl.excludes)
+    size = math.prod(len(c) for c in choices.values())
+    if size > MAX_COMBINATIONS:
+        errors.append(OutOfRange(decl.name_span, f"space '{decl.name}' has {size} combinations, "
+                                 f"more than the {MAX_COMBINATIONS} supported"))
+        return Expanded(stages, (), tuple(removed))
     for combo in itertools.product(*choices.values()):
         named = dict(zip(stages, combo))
         hit = next((i for i, r in enumerate(decl.excludes) if all(_holds(c, named) for c in r.conditions)), None)

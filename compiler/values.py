@@ -9,6 +9,9 @@ registry Param (type, choices, range). Errors are appended to a list, never rais
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from mptc.compiler import ast
 from mptc.errors import BadArgument, DuplicateName, OutOfRange, UnknownComponent, did_you_mean
 from mptc.runtime.registry import ALL, REQUIRED, Component, Param
@@ -38,6 +41,16 @@ class Symbol(str):
 
 
 _NotConst = object()
+_FLOAT_MAX = int(sys.float_info.max)
+
+
+def fits_float(value) -> bool:
+    """Whether float() takes the number: an integer literal of 400 digits overflows it."""
+    return not isinstance(value, int) or abs(value) <= _FLOAT_MAX
+
+
+def _too_large(param: Param, expr) -> OutOfRange:
+    return OutOfRange(expr.span, f"'{param.name}' is too large to be a number")
 
 
 def _kind_name(kind: str) -> str:
@@ -48,7 +61,8 @@ def _kind_name(kind: str) -> str:
 
 def _type_error(param: Param, expr, got) -> BadArgument:
     shown = "a name" if isinstance(got, Symbol) else "a list" if isinstance(got, list) else repr(got)
-    return BadArgument(expr.span, f"'{param.name}' must be {_kind_name(param.kind)}, got {shown}")
+    alternatives = "".join(f" or {c}" for c in param.choices) if param.kind != "choice" else ""
+    return BadArgument(expr.span, f"'{param.name}' must be {_kind_name(param.kind)}{alternatives}, got {shown}")
 
 
 def _convert(param: Param, expr, value, errors, ctx):
@@ -56,11 +70,15 @@ def _convert(param: Param, expr, value, errors, ctx):
     if value is _NotConst:
         errors.append(BadArgument(expr.span, f"'{param.name}' must be a constant value"))
         return None
+    if kind != "choice" and param.choices and isinstance(value, str) and value in param.choices:
+        return str(value)                                   # a named alternative, e.g. `scale: auto`
     if kind == "int":
         ok = isinstance(value, int) and not isinstance(value, (bool, Symbol))
         return value if ok else errors.append(_type_error(param, expr, value))
     if kind == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, Symbol)
+        if ok and not fits_float(value):
+            return errors.append(_too_large(param, expr))
         return float(value) if ok else errors.append(_type_error(param, expr, value))
     if kind == "bool":
         return _BOOLS[value] if value in _BOOLS else errors.append(_type_error(param, expr, value))
@@ -72,6 +90,8 @@ def _convert(param: Param, expr, value, errors, ctx):
         return _convert_choice(param, expr, value, errors)
     if kind == "dataset":
         return _convert_dataset(param, expr, value, errors, ctx)
+    if kind == "path":
+        return _convert_path(param, expr, value, errors)
     if kind.startswith("call:"):
         return check_component(ALL[kind[5:]], expr, errors, ctx)
     return value
@@ -82,6 +102,8 @@ def _convert_list(param, expr, value, errors):
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(v, want) and not isinstance(v, (bool, Symbol)) for v in items):
         return errors.append(_type_error(param, expr, value))
+    if param.kind == "floats" and not all(fits_float(v) for v in items):
+        return errors.append(_too_large(param, expr))
     return [float(v) for v in items] if param.kind == "floats" else items
 
 
@@ -99,6 +121,27 @@ def _convert_dataset(param, expr, value, errors, ctx):
         return str(value)
     guess = did_you_mean(str(value), datasets) if isinstance(value, str) else None
     errors.append(BadArgument(expr.span, f"'{param.name}' must name a data declaration", hint=guess))
+    return None
+
+
+def _convert_path(param, expr, value, errors):
+    """A string naming an existing file or folder (relative paths from the current directory)."""
+    if not isinstance(value, str) or isinstance(value, Symbol):
+        return errors.append(_type_error(param, expr, value))
+    try:
+        path = Path(value).expanduser()
+        found = path.exists()
+    except (OSError, RuntimeError) as e:  # `~nobody/x` (no such home), a name too long for the file system
+        return errors.append(BadArgument(expr.span, f"'{param.name}': not a usable path "
+                                                    f"({getattr(e, 'strerror', None) or e})"))
+    if found:
+        return str(path)
+    parent = path.parent if path.parent.is_dir() else None
+    siblings = sorted(p.name for p in parent.iterdir()) if parent else []
+    guess = did_you_mean(path.name, siblings)
+    where = "" if parent else f" (nor does its folder '{path.parent}')"
+    errors.append(BadArgument(expr.span, f"'{param.name}': no such file or folder '{value}'{where}",
+                              hint=str(parent / guess) if guess and str(parent) != "." else guess))
     return None
 
 

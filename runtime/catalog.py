@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from mptc.runtime.registry import (BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, SOLVERS, Param)
+from mptc.runtime.graphshapes import JK_MODES, POOLS, GraphFeatures, gin_features, is_graph
 
 B = "B"  # the batch dimension in shapes
 
@@ -22,7 +23,7 @@ class ShapeProblem(ValueError):
 def _features(in_shape) -> int | None:
     if in_shape is None:
         return None
-    if len(in_shape) != 2:
+    if len(in_shape) != 2 or is_graph(in_shape):
         raise ShapeProblem(f"expects inputs of shape [batch, features], got {_fmt(in_shape)}")
     return in_shape[1]
 
@@ -47,11 +48,32 @@ MODELS.register("mlp", [
     Param("in", "int", None, min=1, doc="input features (inferred from the data when left out)"),
     Param("activation", "choice", "relu", choices=_ACTS),
     Param("dropout", "float", 0.0, min=0, max=1),
-], target="mptc.runtime.models:mlp", doc="A multi-layer perceptron, activation after every layer.",
+    Param("last_activation", "bool", True, doc="apply the activation after the last layer too"),
+], target="mptc.runtime.models:mlp", doc="A multi-layer perceptron, activation after every hidden layer.",
     shape=_dense(lambda a: a["hidden"][-1]))
 MODELS.register("linear", [Param("out", "int", min=1), Param("in", "int", None, min=1),
                            Param("bias", "bool", True)],
                 target="mptc.runtime.models:linear", doc="One linear map.", shape=_dense(lambda a: a["out"]))
+
+
+def _gin_shape(args, in_shape):
+    if in_shape is not None and not is_graph(in_shape):
+        raise ShapeProblem(f"expects a batch of graphs (graphs.* data), got {_fmt(in_shape)}")
+    declared, got = args.get("in"), in_shape[1].nodes if in_shape is not None else None
+    if declared is not None and got is not None and declared != got:
+        raise ShapeProblem(f"declared in: {declared} but its graphs have {got} node features")
+    return (B, gin_features(args["hidden"], args["layers"], args["jk"], args["pool"]))
+
+
+MODELS.register("gin", [
+    Param("layers", "int", 5, min=1), Param("hidden", "int", 300, min=1),
+    Param("jk", "choice", "last", choices=JK_MODES, doc="jumping knowledge over the layers"),
+    Param("pool", "choice", "mean_center", choices=POOLS, doc="mean_center: mean pool ++ centre node"),
+    Param("dropout", "float", 0.2, min=0, max=1), Param("norm", "choice", "batch", choices=("batch", "none")),
+    Param("in", "int", None, min=1, doc="node features (inferred from the data when left out)"),
+    Param("edge_dim", "int", None, min=0, doc="edge features (inferred from the data when left out)"),
+], target="mptc.runtime.graphs:gin", shape=_gin_shape,
+    doc="The pretrain-gnns GIN (Hu et al. 2020) with edge features; graph readout, 2*hidden for mean_center.")
 HEADS.register("linear", [Param("out", "int", min=1), Param("bias", "bool", True)],
                target="mptc.runtime.models:linear", doc="A linear task head.", shape=_dense(lambda a: a["out"]))
 HEADS.register("mlp", [Param("hidden", "ints", min=1), Param("out", "int", min=1),
@@ -68,11 +90,35 @@ def _multitask_ft_shape(args, _):
     return {"x": args["of"]["x"], "y": (B, args["tasks"])}
 
 
+def _graph_shape(nodes, edges, tasks):
+    return {"x": (B, GraphFeatures(nodes, edges)), "y": (B, tasks)}
+
+
+_GRAPH_TASK = Param("task", "choice", "pretrain", choices=("pretrain", "finetune"),
+                    doc="pretrain: split all with the PT targets; finetune: train/val/test (+all) with the FT ones")
+DATASETS.register("graphs.bio", [
+    Param("root", "path", doc="the folder holding supervised/processed/geometric_data_processed.pt"),
+    _GRAPH_TASK, Param("seed", "int", 42, doc="the published random_split seed"),
+], target="mptc.runtime.graphs:bio",
+    shape=lambda a, _: _graph_shape(1, 9, 5000 if a["task"] == "pretrain" else 40),
+    doc="pretrain-gnns bio ego-networks (PyG 1.x file converted and cached); species split, human = FT test.")
+DATASETS.register("graphs.synthetic", [
+    Param("graphs", "int", min=2), Param("pt_tasks", "int", min=1), Param("related", "int", min=0),
+    Param("ft_tasks", "int", min=1), Param("adversarial", "int", 0, min=0), _GRAPH_TASK,
+    Param("related_motifs", "int", 3, min=1, max=5), Param("min_nodes", "int", 10, min=2),
+    Param("max_nodes", "int", 20, min=2), Param("extra_edges", "float", 0.2, min=0),
+    Param("max_count", "int", 3, min=1), Param("node_dim", "int", 3, min=1), Param("edge_dim", "int", 2, min=0),
+    Param("noise", "float", 0.1, min=0), Param("ft_split", "floats", [0.2, 0.2, 0.6]), Param("seed", "int", 0),
+], target="mptc.runtime.graphs:synthetic_graphs",
+    shape=lambda a, _: _graph_shape(a["node_dim"], a["edge_dim"],
+                                    a["pt_tasks"] if a["task"] == "pretrain" else a["ft_tasks"]),
+    doc="Random graphs with planted motifs; PT tasks on FT-related motifs, unrelated motifs or noise.")
 DATASETS.register("synthetic.multitask", [
     Param("examples", "int", min=2), Param("dim", "int", min=1), Param("tasks", "int", min=1),
     Param("related", "int", min=0), Param("adversarial", "int", 0, min=0),
     Param("factors", "int", 8, min=2), Param("related_factors", "int", 3, min=1),
-    Param("noise", "float", 0.1, min=0), Param("seed", "int", 0),
+    Param("noise", "float", 0.1, min=0), Param("prototypes", "int", 5, min=1),
+    Param("spread", "float", 0.5, min=0), Param("seed", "int", 0),
 ], target="mptc.runtime.datasets:synthetic_multitask", shape=_multitask_shape,
     doc="Multi-label PT tasks over planted latent factors; info['relevant'] marks the FT-related ones.")
 DATASETS.register("synthetic.multitask_ft", [
@@ -80,6 +126,49 @@ DATASETS.register("synthetic.multitask_ft", [
     Param("seed", "int", 0),
 ], target="mptc.runtime.datasets:synthetic_multitask_ft", shape=_multitask_ft_shape,
     doc="The FT companion of a synthetic.multitask set: new tasks on its related factors.")
+
+# real data and their offline stand-ins (runtime/ecg.py, runtime/images.py; imported only when built)
+def _ecg_shape(args, _):
+    """12 leads x 10 s, channels first; 5 labels (PTB-XL's superclasses or the generator's planted ones)."""
+    return {"x": (B, 12, 10 * args.get("sampling_rate", 100)), "y": (B, 5)}
+
+
+def _image_shape(args, _):
+    side = args["size"]
+    return {"x": (B, side * side) if args.get("flatten") else (B, 1, side, side), "y": (B, 10)}
+
+
+def _with_splits(rule, splits):
+    """A shape rule that also names the splits the dataset comes with (the others have only "all")."""
+    return lambda args, in_shape: {**rule(args, in_shape), "splits": splits}
+
+
+DATASETS.register("ecg.ptbxl", [
+    Param("root", "path", doc="the unpacked PTB-XL folder (ptbxl_database.csv, scp_statements.csv, records100/)"),
+    Param("sampling_rate", "int", 100, min=100, max=500, doc="100 (records100) or 500 (records500)"),
+    Param("train_folds", "ints", [1, 2, 3, 4, 5, 6, 7, 8], min=1, max=10),
+    Param("val_folds", "ints", [9], min=1, max=10), Param("test_folds", "ints", [10], min=1, max=10),
+    Param("min_likelihood", "float", 0.0, min=0, max=100, doc="ignore scp codes below this likelihood"),
+    Param("keep_unlabelled", "bool", False, doc="keep records with no diagnostic superclass"),
+    Param("standardize", "bool", False, doc="scale each lead by the train split's mean and std"),
+], target="mptc.runtime.ecg:ptbxl", shape=_with_splits(_ecg_shape, ("train", "val", "test")),
+    doc="PTB-XL 12-lead ECGs, 5 diagnostic superclasses (multi-label); splits train/val/test by strat_fold.")
+DATASETS.register("ecg.synthetic", [
+    Param("examples", "int", min=2), Param("seed", "int", 0, min=0),
+    Param("noise", "float", 0.05, min=0, doc="standard deviation of the added noise (signals span ~1.6)"),
+    Param("pool", "int", 6, min=2, doc="neurokit2 base records simulated per seed (even: half wide QRS)"),
+], target="mptc.runtime.ecg:ecg_synthetic", shape=_ecg_shape,
+    doc="Offline 12-lead ECGs in PTB-XL's shape with 5 planted labels (heart rate, ST shifts, voltage, QRS).")
+DATASETS.register("images.digits", [
+    Param("size", "int", 8, min=1, doc="side of the (bilinearly resampled) images"),
+    Param("flatten", "bool", False, doc="x as [batch, size * size] vectors (for MLPs)"),
+], target="mptc.runtime.images:digits", shape=_image_shape,
+    doc="scikit-learn's 1797 8x8 handwritten digits (bundled), one-hot labels; split all.")
+DATASETS.register("images.mnist", [
+    Param("root", "path", doc="a folder with the four MNIST idx files (plain or .gz)"),
+    Param("size", "int", 28, min=1), Param("flatten", "bool", False, doc="x as [batch, size * size] vectors"),
+], target="mptc.runtime.images:mnist", shape=_with_splits(_image_shape, ("train", "test")),
+    doc="MNIST (or Fashion-MNIST) from local idx files, one-hot labels; splits train/test.")
 
 
 # ---- the loss-expression vocabulary --------------------------------------------------------------
@@ -144,23 +233,36 @@ OPTIMIZERS.register("adam", [Param("lr", "float", 1e-3, min=0, min_exclusive=Tru
 
 
 # ---- hypergradient estimators and their linear solvers -------------------------------------------
-SOLVERS.register("neumann", [Param("terms", "int", 1, min=0),
-                             Param("scale", "float", None, min=0, min_exclusive=True,
-                                   doc="alpha; defaults to the PT learning rate")],
-                 target="mptc.runtime.solvers:neumann",
-                 doc="p = alpha * sum_{j<=J} (I - alpha H)^j v, a truncated Neumann series for H^-1 v.")
+SOLVERS.register("neumann", [
+    Param("terms", "int", 1, min=0),
+    Param("scale", "float", None, min=0, min_exclusive=True, choices=("auto",),
+          doc="alpha; defaults to the PT learning rate; auto = 1/lambda_max(H) by power iteration"),
+    Param("rescale_every", "int", 50, min=1, doc="meta-steps between lambda_max estimates (scale: auto)"),
+    Param("power_iters", "int", 10, min=1, doc="Hessian-vector products per lambda_max estimate (scale: auto)"),
+], target="mptc.runtime.solvers:neumann",
+    doc="p = alpha * sum_{j<=J} (I - alpha H)^j v, a truncated Neumann series for H^-1 v.")
 SOLVERS.register("cg", [Param("iters", "int", 20, min=1), Param("damping", "float", 0.0, min=0),
                         Param("tol", "float", 1e-10, min=0)],
                  target="mptc.runtime.solvers:cg", doc="Conjugate gradient on (H + damping I) p = v.")
 SOLVERS.register("identity", [], target="mptc.runtime.solvers:identity",
                  doc="H^-1 ~ I: the first-order (T1-T2 / DARTS) form.")
-ESTIMATORS.register("ift", [Param("solver", "call:solver", "neumann"),
-                            Param("hessian", "choice", "all", choices=("all", "encoder"))],
-                    target="mptc.runtime.estimators:ift",
-                    doc="Implicit function theorem through the PT stage: -v^T H^-1 d2L_PT/dtheta dphi.")
+HVP_MODES = ("reverse-over-reverse", "forward-over-reverse", "finite-difference", "auto")
+ESTIMATORS.register("ift", [
+    Param("solver", "call:solver", "neumann"),
+    Param("hessian", "choice", "all", choices=("all", "encoder"), doc="the parameters H spans"),
+    Param("hessian_batch", "int", None, min=1, doc="examples of the PT batch the Hessian products use"),
+    Param("hvp", "choice", "reverse-over-reverse", choices=HVP_MODES,
+          doc="how H u is formed; auto times the exact modes once and keeps the fastest"),
+], target="mptc.runtime.estimators:ift",
+    doc="Implicit function theorem through the PT stage: -v^T H^-1 d2L_PT/dtheta dphi.")
 ESTIMATORS.register("unroll", [], target="mptc.runtime.estimators:unroll_ft",
-                    doc="Exact backprop through the FT stage's K unrolled steps.")
-ESTIMATOR_STAGES = {"ift": ("pretrain",), "unroll": ("finetune",)}
+                    doc="Exact reverse mode: through the FT stage's K steps, or the PT stage's last P steps.")
+ESTIMATORS.register("search", [
+    Param("method", "choice", "random", choices=("random",)),
+    Param("trials", "int", 8, min=1), Param("low", "float", -3.0), Param("high", "float", 3.0),
+], target="mptc.runtime.search:random_search",
+    doc="Gradient-free: whole PT -> FT runs at random meta-parameters, the best on the meta-objective kept.")
+ESTIMATOR_STAGES = {"ift": ("pretrain",), "unroll": ("pretrain", "finetune"), "search": ("pretrain",)}
 ESTIMATOR_DEFAULTS = {"pretrain": "ift", "finetune": "unroll"}
 
 

@@ -24,6 +24,8 @@ def _build(source: ir.DataSource, built: dict):
         ds = comp.load()(**args)
     except (OSError, ValueError) as e:  # a missing or malformed file, a size that cannot be split
         raise RunError(f"data '{source.name}': {e}") from None
+    if source.splits and "all" not in ds.splits:
+        raise RunError(f"data '{source.name}': it comes with splits {', '.join(ds.splits)}; drop its split clause")
     if source.splits:
         from mptc.runtime.datasets import split
         ds = split(ds, dict(source.splits), seed=args.get("seed", 0) or 0)
@@ -48,7 +50,10 @@ class Data:
 
     def _split(self, ref: ir.DataRef):
         splits = self.tensors[ref.dataset]
-        return splits[ref.split or "all"]
+        name = ref.split or "all"
+        if name not in splits:
+            raise RunError(f"data '{ref.dataset}' has no split '{name}' (it has {', '.join(splits)})")
+        return splits[name]
 
     def batch(self, stream: str):
         """A random batch (with replacement across batches) from a stage's data."""

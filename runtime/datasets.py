@@ -80,6 +80,16 @@ class LatentGenerator:
     a2: Tensor
     mean: Tensor
     std: Tensor
+    proto_u: Tensor  # [prototypes, related_factors] unit rows: the shared task directions
+    proto_v: Tensor
+    spread: float
+
+    def directions(self, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``(u, v)`` of one related task: prototype ``k`` perturbed by ``spread``, renormalised."""
+        def near(p: Tensor) -> Tensor:
+            d = p + self.spread * torch.randn(p.shape, generator=gen) / math.sqrt(p.numel())
+            return d / d.norm()
+        return near(self.proto_u[k]), near(self.proto_v[k])
 
     def latents(self, n: int, gen: torch.Generator) -> Tensor:
         """``n`` latent vectors ``z ~ N(0, I)``."""
@@ -107,14 +117,16 @@ def _units(n: int, d: int, gen: torch.Generator) -> Tensor:
     return v / v.norm(dim=1, keepdim=True)
 
 
-def _make_generator(dim: int, factors: int, related_factors: int, noise: float, seed: int) -> LatentGenerator:
-    """Draw the random 2-layer sine map and fix its standardisation on a reference sample."""
+def _make_generator(dim: int, factors: int, related_factors: int, noise: float, prototypes: int, spread: float,
+                    seed: int) -> LatentGenerator:
+    """Draw the random 2-layer sine map and the prototypes, and fix the standardisation on a reference sample."""
     gen, hidden = _rng(seed, "map"), 4 * dim
     a1 = torch.randn(factors, hidden, generator=gen) * (GAIN / math.sqrt(factors))
     c1 = 2 * math.pi * torch.rand(hidden, generator=gen)
     a2 = torch.randn(hidden, dim, generator=gen) / math.sqrt(hidden)
     ones, zeros = torch.ones(dim), torch.zeros(dim)
-    raw = LatentGenerator(factors, related_factors, noise, a1, c1, a2, zeros, ones)
+    pu, pv = _units(prototypes, related_factors, gen), _units(prototypes, related_factors, gen)
+    raw = LatentGenerator(factors, related_factors, noise, a1, c1, a2, zeros, ones, pu, pv, spread)
     ref = raw.clean(raw.latents(_REFERENCE, gen))
     return attrs.evolve(raw, mean=ref.mean(0), std=ref.std(0))
 
@@ -131,18 +143,23 @@ def _related(z_rel: Tensor, u: Tensor, v: Tensor) -> Tensor:
     return z_rel @ u.T + ((z_rel @ v.T) ** 2 - 1)
 
 
-def _score(kind: str, z: Tensor, rel: int, gen: torch.Generator) -> Tensor:
-    """The noiseless score of one PT task of ``kind`` (module docstring), drawing its directions."""
+def _score(kind: str, k: int, z: Tensor, g: LatentGenerator, gen: torch.Generator) -> Tensor:
+    """The noiseless score of one PT task of ``kind`` (the ``k``-th related task uses prototype
+    ``k mod prototypes``), drawing its directions (module docstring)."""
+    rel = g.related_factors
     if kind == "related":
-        return _related(z[:, :rel], _units(1, rel, gen), _units(1, rel, gen))[:, 0]
+        u, v = g.directions(k % len(g.proto_u), gen)
+        return _related(z[:, :rel], u[None], v[None])[:, 0]
     if kind == "unrelated":
         return z[:, rel:] @ _units(1, z.shape[1] - rel, gen)[0]
     return torch.randn(z.shape[0], generator=gen)  # adversarial: random bits per example
 
 
-def _labels(kinds: list[str], z: Tensor, rel: int, noise: float, gen: torch.Generator) -> Tensor:
+def _labels(kinds: list[str], z: Tensor, g: LatentGenerator, gen: torch.Generator) -> Tensor:
     """PT labels ``[N, T]`` for latents ``z``."""
-    scores = [_score(kind, z, rel, gen) + noise * torch.randn(len(z), generator=gen) for kind in kinds]
+    related = [kinds[:i].count("related") for i in range(len(kinds))]  # index among the related tasks
+    scores = [_score(kind, k, z, g, gen) + g.noise * torch.randn(len(z), generator=gen)
+              for kind, k in zip(kinds, related)]
     return (torch.stack(scores, 1) > 0).float()
 
 
@@ -159,7 +176,7 @@ def _check(examples: int, dim: int, tasks: int, related: int, adversarial: int, 
 
 def synthetic_multitask(*, examples: int, dim: int, tasks: int, related: int, adversarial: int = 0,
                         factors: int = 6, related_factors: int = 3, noise: float = 0.1,
-                        seed: int = 0) -> Dataset:
+                        prototypes: int = 5, spread: float = 0.5, seed: int = 0) -> Dataset:
     """The PT dataset (split ``"all"``) with planted task relevance; see the module docstring.
 
         >>> ds = synthetic_multitask(examples=100, dim=8, tasks=5, related=2, seed=1)
@@ -167,11 +184,13 @@ def synthetic_multitask(*, examples: int, dim: int, tasks: int, related: int, ad
         (2, True)
     """
     _check(examples, dim, tasks, related, adversarial, factors, related_factors)
-    generator = _make_generator(dim, factors, related_factors, noise, seed)
+    if prototypes < 1 or spread < 0:
+        raise ValueError("prototypes must be >= 1 and spread >= 0")
+    generator = _make_generator(dim, factors, related_factors, noise, prototypes, spread, seed)
     gen = _rng(seed, "pt")
     kinds = _kinds(tasks, related, adversarial, gen)
     z = generator.latents(examples, gen)
-    x, y = generator.inputs(z, gen), _labels(kinds, z, related_factors, noise, gen)
+    x, y = generator.inputs(z, gen), _labels(kinds, z, generator, gen)
     info = {"kind": kinds, "relevant": [k == "related" for k in kinds], "generator": generator,
             "stream": "pt", "seed": seed, "examples": examples, "factors": factors,
             "related_factors": related_factors, "noise": noise}
@@ -192,8 +211,8 @@ def synthetic_multitask_ft(*, of: Dataset, examples: int, tasks: int, seed: int 
     gen = _rng(seed, "ft")
     z = g.latents(examples, gen)
     x, z_rel = g.inputs(z, gen), z[:, : g.related_factors]
-    u, v = _units(tasks, g.related_factors, gen), _units(tasks, g.related_factors, gen)
-    score = _related(z_rel, u, v)
+    uv = [g.directions(i % len(g.proto_u), gen) for i in range(tasks)]
+    score = _related(z_rel, torch.stack([u for u, _ in uv]), torch.stack([v for _, v in uv]))
     y = (score + g.noise * torch.randn(score.shape, generator=gen) > 0).float()
     info = {"kind": ["finetune"] * tasks, "relevant": [True] * tasks, "generator": g,
             "stream": "ft", "seed": seed, "examples": examples, "factors": g.factors,

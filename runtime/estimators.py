@@ -9,15 +9,21 @@ hypergradient through the PT stage by the implicit function theorem at the curre
     dAlg_PT/dphi = -[d2L_PT/dtheta dtheta^T]^-1 d2L_PT/dtheta dphi^T,  so  hg = -p^T d2L_PT/dtheta dphi
     with p ~ H^-1 v from a linear solver that only needs Hessian-vector products.
 
+`unroll_pt` is the exact alternative to `ift`: reverse mode through the last P PT steps themselves.
+
 Everything is a pure function of parameter dicts; no graph outlives a call.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
 
+from mptc.runtime.hvp import MAKERS
 from mptc.runtime.optim import Optimizer
+
+_ROR = "reverse-over-reverse"
 
 
 def _grad(out, inputs, **kw):
@@ -45,21 +51,62 @@ def unroll_ft(loss_ft: Callable, loss_val: Callable, params: dict, metas: dict, 
     return l_val.detach(), v, direct
 
 
-def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[str], solver: Callable,
-        solver_args: dict, hessian_keys: list[str] | None = None):
-    """-p^T d2L_PT/dtheta dphi with p ~ H^-1 v, H = d2L_PT/dtheta2 over `hessian_keys` (default: wrt).
+def _timed(fn, *args, **kw):
+    start = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - start
 
-    Returns ({meta name: hypergradient}, solver info)."""
-    keys = hessian_keys or wrt
-    v_h = [v[wrt.index(n)] if n in wrt else torch.zeros_like(params[n]) for n in keys]
+
+def hessian(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[str], mode: str = _ROR,
+            hessian_batch: int | None = None):
+    """(g, hvp): g = dL_PT/dtheta over `keys` on `batch`, differentiable in theta and phi (the mixed
+    term needs it), and u -> H u, H = d2L_PT/dtheta2 on the first `hessian_batch` examples of `batch`
+    (all of it when None), formed by `mode` (see runtime/hvp.py)."""
     theta = [params[n] for n in keys]
     x, y = batch
     g = torch.autograd.grad(loss_pt(params, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta (phi live)
+    if mode == _ROR and hessian_batch is None:
+        return g, MAKERS[mode](None, theta, g)                          # H u = d(g . u)/dtheta, same graph
+    sub = (x, y) if hessian_batch is None else (x[:hessian_batch], y[:hessian_batch])
+    return g, MAKERS[mode](pt_loss_of(loss_pt, params, metas, sub, keys), theta)
 
-    def hvp(u):                                                         # H u = d(g . u)/dtheta
-        return list(_grad(g, theta, grad_outputs=u, retain_graph=True))
 
-    p, info = solver(hvp, v_h, **solver_args)                           # p ~ H^-1 v
+def pt_loss_of(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[str]) -> Callable:
+    """theta -> L_PT(theta) on `batch` (theta: the tensors of `keys`; phi held fixed)."""
+    fixed = {n: t.detach() for n, t in metas.items()}
+    return lambda ts: loss_pt({**params, **dict(zip(keys, ts))}, fixed, *batch)
+
+
+def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[str], solver: Callable,
+        solver_args: dict, hessian_keys: list[str] | None = None, hvp: str = _ROR,
+        hessian_batch: int | None = None, prepare: Callable | None = None):
+    """-p^T d2L_PT/dtheta dphi with p ~ H^-1 v, H = d2L_PT/dtheta2 over `hessian_keys` (default: wrt).
+
+    `prepare(hvp, v)`, when given, returns extra solver arguments computed from the Hessian (e.g. the
+    Neumann scale from a power iteration). Returns ({meta name: hypergradient}, info) where info has
+    the solver's iterations and residual and the seconds spent solving and in the mixed VJP."""
+    keys = hessian_keys or wrt
+    v_h = [v[wrt.index(n)] if n in wrt else torch.zeros_like(params[n]) for n in keys]
+    (g, matvec), t_hessian = _timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch)
+    extra = prepare(matvec, v_h) if prepare else {}
+    (p, info), t_solve = _timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ H^-1 v
     names = list(metas)
-    mixed = _grad(g, [metas[n] for n in names], grad_outputs=p)        # p^T d2L_PT/dtheta dphi (one VJP)
+    mixed, t_mixed = _timed(_grad, g, [metas[n] for n in names], grad_outputs=p)  # p^T d2L/dtheta dphi
+    info = {**info, **extra, "solve_s": t_hessian + t_solve, "mixed_s": t_mixed}
     return {n: -m for n, m in zip(names, mixed)}, info
+
+
+def unroll_pt(loss_pt: Callable, params0: dict, metas: dict, keys: list[str], opt: Optimizer, opt_state0,
+              batches: list, v: list):
+    """v^T dtheta_P/dphi by reverse mode through the P PT steps theta_0 -> theta_P (exact).
+
+    theta_{i+1} = Alg_PT(theta_i, phi; batch_i), replayed from the snapshot (theta_0, optimizer state)
+    with every step differentiable in theta and phi; `v` = dL_val/dtheta_P over `keys`."""
+    theta, state = [params0[n].detach().requires_grad_() for n in keys], opt_state0
+    for x, y in batches:
+        current = {**params0, **dict(zip(keys, theta))}
+        g = torch.autograd.grad(loss_pt(current, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta_i
+        theta, state = opt.update(theta, list(g), state)                # theta_{i+1}, differentiable in phi
+    names = list(metas)
+    hg = _grad(theta, [metas[n] for n in names], grad_outputs=v)         # v^T dtheta_P/dphi
+    return dict(zip(names, hg)), {"iters": len(batches), "residual": None}

@@ -18,12 +18,12 @@ from mptc.compiler import ir
 from mptc.errors import RunError
 from mptc.runtime import optim
 from mptc.runtime.data import Data
-from mptc.runtime.estimators import ift, unroll_ft
+from mptc.runtime.estimators import ift, pt_loss_of, unroll_ft, unroll_pt
+from mptc.runtime.hvp import fastest, power_iteration
 from mptc.runtime.program import Program, pick_device
 from mptc.runtime.registry import SOLVERS
 from mptc.runtime.rundir import MetricsLog, default_out, staging, write_json
 
-MAX_NONFINITE = 5  # consecutive non-finite hypergradients before a run stops
 
 
 @attrs.define
@@ -51,12 +51,19 @@ class Trainer:
         self.pt_opt = optim.build(plan.pretrain.optimizer)
         self.ft_opt = optim.build(plan.finetune.optimizer)
         self.meta_opt = optim.build(plan.meta_optimizer)
-        est = {e.stage: e.method for e in plan.estimators}["pretrain"]
-        solver = est.args["solver"]
+        self.estimator = {e.stage: e.method for e in plan.estimators}["pretrain"]
+        args = self.estimator.args
+        self.hessian = args.get("hessian", "all")
+        self.hvp_mode, self.hessian_batch = args.get("hvp", "reverse-over-reverse"), args.get("hessian_batch")
+        solver = args.get("solver") or ir.Component("identity", {})
         self.solver = SOLVERS.get(solver.name).load()
         self.solver_args = {k: v for k, v in solver.args.items() if v is not None}
-        self.solver_args.setdefault("scale", plan.pretrain.optimizer.args["lr"]) if solver.name == "neumann" else None
-        self.hessian = est.args.get("hessian", "all")
+        if solver.name == "neumann":
+            self.solver_args.setdefault("scale", plan.pretrain.optimizer.args["lr"])
+        self.auto_scale = self.solver_args.pop("scale", None) == "auto"
+        if self.auto_scale:
+            self.solver_args.pop("rescale_every"), self.solver_args.pop("power_iters")
+        self.lam_max, self.meta_step_no, self.window = None, 0, None
 
     def encoder_modules(self) -> list[str]:
         """Modules both stages use: the pre-trained representation (theta)."""
@@ -93,16 +100,66 @@ class Trainer:
         grads = torch.autograd.grad(loss, self._sel(view, self.ft_keys))
         state.ft_opt = self._apply(state, self.ft_keys, self.ft_opt, state.ft_opt, grads)
 
+    # ---- the PT window the exact `unroll` estimator replays --------------------------------------
+    def open_window(self, state: State) -> None:
+        """Snapshot theta and the PT optimizer state at the start of a P-step window (PT `unroll` only)."""
+        if self.estimator.name == "unroll":
+            self.window = ({k: t.detach().clone() for k, t in state.params.items()}, state.pt_opt, [])
+
+    def record(self, batch) -> None:
+        if self.window is not None:
+            self.window[2].append(batch)
+
+    # ---- the hypergradient ---------------------------------------------------------------------------
     def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):
-        """(L_val, {meta: dL_val/dphi}, solver info): FT unroll, then IFT through the PT stage."""
-        k = self.plan.finetune.unroll
+        """(L_val, {meta: dL_val/dphi}, info): FT unroll, then the PT stage's estimator."""
+        self.meta_step_no += 1
+        v_out, t_ft = _timed(self.ft_unroll, state, ft_batches, val_batch)
+        l_val, v, direct = v_out
+        hg, info = self.through_pt(state, pt_batch, v)
+        self.last = (pt_batch, v, direct)               # what `check` compares against
+        return l_val, {n: hg[n] + direct[n] for n in hg}, {**info, "ft_unroll_s": t_ft}
+
+    def ft_unroll(self, state: State, ft_batches, val_batch):
+        """(L_val, v = dL_val/dtheta_PT, direct dL_val/dphi) through K FT steps from the online FT state."""
         ft_state = self.ft_opt.init(self._sel(state.params, self.ft_keys))
-        l_val, v, direct = unroll_ft(self.loss_ft, self.loss_val, state.params, state.metas, self.ft_keys,
-                                     self.ft_opt, ft_state, k, ft_batches, val_batch, wrt=self.pt_keys)
+        return unroll_ft(self.loss_ft, self.loss_val, state.params, state.metas, self.ft_keys, self.ft_opt,
+                         ft_state, self.plan.finetune.unroll, ft_batches, val_batch, wrt=self.pt_keys)
+
+    def through_pt(self, state: State, pt_batch, v, reference: bool = False):
+        """({meta: v^T dtheta_PT/dphi}, info) by the plan's PT estimator (or the `check` reference)."""
+        if self.estimator.name == "unroll" and self.window is not None:
+            params0, opt0, batches = self.window
+            return unroll_pt(self.loss_pt, params0, state.metas, self.pt_keys, self.pt_opt, opt0, batches, v)
         keys = self.shared if self.hessian == "encoder" else self.pt_keys
-        hg, info = ift(self.loss_pt, state.params, state.metas, pt_batch, v, self.pt_keys, self.solver,
-                       self.solver_args, hessian_keys=keys)
-        return l_val, {n: hg[n] + direct[n] for n in hg}, info
+        if self.hvp_mode == "auto":                     # resolved once, on the first meta-step's state
+            self.hvp_mode = fastest(pt_loss_of(self.loss_pt, state.params, state.metas, pt_batch, keys),
+                                    self._sel(state.params, keys), self._ones(state, keys))
+        solver, args, prepare = self.solver, self.solver_args, self._scale if self.auto_scale else None
+        if reference:                                   # CG to tolerance on the whole batch, exact products
+            solver, args, prepare = SOLVERS.get("cg").load(), {"iters": 200, "tol": 1e-8}, None
+        return ift(self.loss_pt, state.params, state.metas, pt_batch, v, self.pt_keys, solver, args,
+                   hessian_keys=keys, hvp="reverse-over-reverse" if reference else self.hvp_mode,
+                   hessian_batch=None if reference else self.hessian_batch, prepare=prepare)
+
+    @staticmethod
+    def _ones(state: State, keys):
+        return [torch.ones_like(state.params[k]) for k in keys]
+
+    def _scale(self, hvp, like) -> dict:
+        """Neumann `scale: auto`: alpha = 1/lambda_max(H) by power iteration, re-estimated every N meta-steps."""
+        args = self.estimator.args["solver"].args
+        if self.lam_max is None or (self.meta_step_no - 1) % args["rescale_every"] == 0:
+            self.lam_max = max(power_iteration(hvp, like, args["power_iters"], seed=self.meta_step_no), 1e-12)
+        return {"scale": 1.0 / self.lam_max, "lambda_max": self.lam_max}
+
+    def check(self, state: State, hg: dict) -> float:
+        """Cosine of the estimate `hg` to a reference (IFT with CG to tolerance) on the same batches and state."""
+        pt_batch, v, direct = self.last
+        ref, _ = self.through_pt(state, pt_batch, v, reference=True)
+        a = torch.cat([hg[n].flatten() for n in ref]).double()
+        b = torch.cat([(ref[n] + direct[n]).flatten() for n in ref]).double()
+        return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
 
     def meta_step(self, state: State, hg: dict) -> None:
         names = list(state.metas)
@@ -111,6 +168,12 @@ class Trainer:
                                                        [hg[n] for n in names], state.meta_opt)
         bounds = {m.name: m.bounds for m in self.plan.metas}
         state.metas = {n: _clamp(t, bounds[n]).detach().requires_grad_() for n, t in zip(names, new)}
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
 
 
 def _clamp(t, bounds):
@@ -135,33 +198,43 @@ def _norm(hg: dict) -> float:
     return math.sqrt(sum(float((g * g).sum()) for g in hg.values()))
 
 
-def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None, meta: bool = True) -> State:
-    """The outer loop: PT steps, FT online steps and, every P steps, a meta-step."""
+def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None, mode: str = "meta") -> State:
+    """The outer loop: PT steps, FT online steps and, every P steps, a meta-step.
+
+    `mode` "pretrain" runs the PT steps alone, "online" adds the online FT head, "meta" everything."""
+    meta = mode == "meta"
     plan, data = trainer.plan, trainer.data
     P, warmup, K = plan.pretrain.steps, plan.train.warmup, plan.finetune.unroll
+    check_every, max_nonfinite = plan.hg_check_every, plan.train.max_nonfinite
     total = warmup + plan.train.meta_steps * P
-    t0, timings, nonfinite, meta_step, pt_losses = time.perf_counter(), {}, 0, 0, []
+    t0, t_pt, nonfinite, meta_step, pt_losses = time.perf_counter(), 0.0, 0, 0, []
     for step in range(1, total + 1):
         # ---- PT step (meta-parameters fixed) ---------------------------------------------------
+        ts = time.perf_counter()
+        if meta and step > warmup and (step - warmup - 1) % P == 0:
+            trainer.open_window(state)                  # the exact PT `unroll` replays this window
         pt_batch = data.batch("pretrain")
+        trainer.record(pt_batch)
         pt_losses.append(trainer.pt_step(state, pt_batch))
-        if not meta:
+        t_pt += time.perf_counter() - ts
+        if mode == "pretrain":
             continue
         # ---- FT head, online, on detached features ---------------------------------------------
         trainer.ft_online_step(state, data.batch("finetune"))
-        if step <= warmup or (step - warmup) % P:
+        if not meta or step <= warmup or (step - warmup) % P:
             continue
-        # ---- FT unroll + meta-objective + IFT hypergradient --------------------------------------
+        # ---- FT unroll + meta-objective + hypergradient through the PT stage ---------------------
         meta_step += 1
-        ts = time.perf_counter()
         ft_batches = [data.batch("finetune") for _ in range(K)]
         l_val, hg, info = trainer.hypergradient(state, pt_batch, ft_batches, data.batch("objective"))
-        timings["hypergradient_s"] = time.perf_counter() - ts
         norm = _norm(hg)
+        extra = {}
+        if check_every and meta_step % check_every == 0:
+            extra["check_cosine"] = trainer.check(state, hg)
         # ---- meta-step (skipped on a non-finite hypergradient) ---------------------------------
         if not math.isfinite(norm) or not math.isfinite(float(l_val)):
             nonfinite += 1
-            if nonfinite >= MAX_NONFINITE:
+            if nonfinite >= max_nonfinite:
                 raise RunError(f"non-finite hypergradient at meta-step {meta_step} "
                                f"({nonfinite} in a row): the run stopped")
         else:
@@ -169,19 +242,29 @@ def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None,
             trainer.meta_step(state, hg)
         # ---- log -----------------------------------------------------------------------------------
         pt_loss = float(torch.stack(pt_losses).mean())
-        pt_losses = []
         if log and (meta_step % plan.train.log_every == 0 or meta_step == plan.train.meta_steps or meta_step == 1):
             log.log(step=step, meta_step=meta_step, pt_loss=pt_loss, ft_val_loss=float(l_val),
                     hypergrad_norm=norm, solver_iters=info["iters"], solver_residual=info["residual"],
-                    skipped=nonfinite > 0, elapsed_s=round(time.perf_counter() - t0, 4), **timings)
+                    skipped=nonfinite > 0, elapsed_s=round(time.perf_counter() - t0, 4),
+                    pt_s=round(t_pt, 6), **_timings(info), **extra)
+        pt_losses, t_pt = [], 0.0
         if bar:
             bar(meta_step, pt_loss, float(l_val))
     return state
 
 
+def _timings(info: dict) -> dict:
+    """The estimator's time split and scale diagnostics, as logged."""
+    out = {k: round(v, 6) for k, v in info.items() if k.endswith("_s")}
+    if "lambda_max" in info:
+        out["neumann_alpha"] = info["scale"]
+        out["alpha_lambda_max"] = info["scale"] * info["lambda_max"]
+    return out
+
+
 def plain_pretrain(trainer: Trainer) -> State:
     """The `pretrain` baseline: the same PT steps with the meta-parameters fixed at their initial values."""
-    return meta_train(trainer, trainer.init_state(), None, meta=False)
+    return meta_train(trainer, trainer.init_state(), None, mode="pretrain")
 
 
 def no_pretrain(trainer: Trainer) -> State:
@@ -190,13 +273,13 @@ def no_pretrain(trainer: Trainer) -> State:
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-def _progress(total: int, enabled: bool):
-    """A rich progress bar: meta-step, PT loss, FT-val loss and meta-steps per second."""
+def _progress(total: int, enabled: bool, unit: str = "meta-step"):
+    """A rich progress bar: meta-step (or trial), PT loss, FT-val loss and meta-steps per second."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("meta-step"), MofNCompleteColumn(), BarColumn(),
+    progress = Progress(TextColumn(unit), MofNCompleteColumn(), BarColumn(),
                         TextColumn("pt {task.fields[pt]:.4f}  ft-val {task.fields[val]:.4f}  "
-                                   "{task.fields[rate]:.1f} meta-steps/s"), TimeElapsedColumn(),
+                                   f"{{task.fields[rate]:.1f}} {unit}s/s"), TimeElapsedColumn(),
                         disable=not enabled, transient=False)
     task = progress.add_task("meta", total=total, pt=float("nan"), val=float("nan"), rate=0.0)
     t0 = time.perf_counter()
@@ -266,10 +349,16 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
         prog = Program(plan, device)
         trainer = Trainer(plan, prog, data)
         log = MetricsLog(tmp / "metrics.jsonl")
-        bar_ctx, bar = _progress(plan.train.meta_steps, progress)
+        search = trainer.estimator.name == "search"
+        bar_ctx, bar = _progress(trainer.estimator.args["trials"] if search else plan.train.meta_steps,
+                                 progress, "trial" if search else "meta-step")
         try:
             with bar_ctx:
-                state = meta_train(trainer, trainer.init_state(), log, bar)
+                if search:
+                    from mptc.runtime.search import random_search
+                    state = random_search(trainer, log, bar)
+                else:
+                    state = meta_train(trainer, trainer.init_state(), log, bar)
         finally:
             log.close()
         write_json(tmp / "meta.json", {n: _to_list(v) for n, v in prog.meta_values(state.metas).items()})
@@ -277,7 +366,7 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
                     "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
         write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
         if plan.evaluate is not None:
-            states = {"meta": state}
+            states = {"search" if search else "meta": state}
             for name in plan.evaluate.baselines:
                 data.reseed(plan.train.seed)
                 torch.manual_seed(plan.train.seed)

@@ -23,9 +23,10 @@ def _layers(sizes, activation: str, dropout: float, last_activation: bool):
     return nn.Sequential(*layers)
 
 
-def mlp(hidden, in_dim: int, activation: str = "relu", dropout: float = 0.0, **_) -> nn.Module:
-    """An MLP with the activation after every layer (the last layer's output is the feature vector)."""
-    return _layers([in_dim, *hidden], activation, dropout, last_activation=True)
+def mlp(hidden, in_dim: int, activation: str = "relu", dropout: float = 0.0, last_activation: bool = True,
+        **_) -> nn.Module:
+    """An MLP; the last layer's output is the feature vector, activated unless ``last_activation`` is off."""
+    return _layers([in_dim, *hidden], activation, dropout, last_activation)
 
 
 def mlp_head(hidden, out: int, in_dim: int, activation: str = "relu", **_) -> nn.Module:

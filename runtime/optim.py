@@ -54,9 +54,16 @@ def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float 
         m = [beta1 * m + (1 - beta1) * g for m, g in zip(state["m"], grads)]
         v = [beta2 * v + (1 - beta2) * g * g for v, g in zip(state["v"], grads)]
         c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
-        new = [p - lr * (mi / c1) / ((vi / c2).sqrt() + eps) for p, mi, vi in zip(params, m, v)]
+        new = [p - lr * (mi / c1) / (_sqrt(vi / c2) + eps) for p, mi, vi in zip(params, m, v)]
         return new, {"t": t, "m": m, "v": v}
     return Optimizer(init, update, lr)
+
+
+def _sqrt(v):
+    """sqrt(v) whose derivative is 0 (not inf, which times a zero gradient is NaN) where v = 0: a
+    parameter that never had a gradient keeps a finite hypergradient through an unrolled Adam step."""
+    positive = v > 0
+    return torch.where(positive, v, torch.ones_like(v)).sqrt() * positive
 
 
 def build(component) -> Optimizer:

@@ -22,7 +22,8 @@ REQUIRED = object()  # the default of a parameter that must be given
 
 @attrs.frozen
 class Param:
-    """A declared parameter: `kind` is one of int, float, bool, str, choice, ints, floats, dataset, call, any."""
+    """A declared parameter: `kind` is one of int, float, bool, str, choice, ints, floats, dataset,
+    path (an existing file or folder), call, any."""
 
     name: str
     kind: str

@@ -101,7 +101,8 @@ def test_every_feature_at_once():
     metas = {m.name: (m.kind, m.size, m.init, m.bounds) for m in plan.metas}
     assert metas == {"s": ("scalar", 1, 1.0, (0.0, 2.0)), "v": ("vector", 4, 0.5, None),
                      "a": ("factored", 3, 0.0, None), "n": ("network", 1, 0.0, None)}
-    assert plan.estimators[0].method.args == {"solver": plan.estimators[0].method.args["solver"], "hessian": "encoder"}
+    assert plan.estimators[0].method.args == {"solver": plan.estimators[0].method.args["solver"], "hessian": "encoder",
+                                              "hessian_batch": None, "hvp": "reverse-over-reverse"}
     assert plan.estimators[0].method.args["solver"].args == {"iters": 3, "damping": 0.1, "tol": 1e-10}
     assert (plan.hg_check_every, plan.train.device, plan.finetune.trains) == (5, "cuda:0", ("ft_head", "encoder"))
     assert [(l.name, l.meta_only) for l in plan.lets] == [("tw", True), ("feats", False), ("per_example", False)]
@@ -299,7 +300,7 @@ def test_later_overrides_win_and_the_spec_text_is_untouched():
 BAD_OVERRIDES = [
     # item, class, (col, end_col) in `--set ITEM`, message, hint
     ("train.sede=3", BadArgument, (7, 11),
-     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every)", "seed"),
+     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite)", "seed"),
     ("train.seed=x", BadArgument, (12, 13), "'seed' must be an integer, got a name", None),
     ("train.seed=1.5", BadArgument, (12, 15), "'seed' must be an integer, got 1.5", None),
     ('train.seed="3"', BadArgument, (12, 15), "'seed' must be an integer, got '3'", None),
@@ -320,7 +321,7 @@ BAD_OVERRIDES = [
     ("data.pt.seed=x", BadArgument, (14, 15), "'seed' must be an integer, got a name", None),
     ("data.pt.sed=2", BadArgument, (9, 14),
      "synthetic.multitask has no parameter 'sed' (it takes examples, dim, tasks, related, adversarial, factors, "
-     "related_factors, noise, seed)", "seed"),
+     "related_factors, noise, prototypes, spread, seed)", "seed"),
     ("data.ptt.seed=2", UnknownName, (1, 14), "no data 'ptt' in the spec", "pt"),
     ("data.pt=2", BadArgument, (1, 8), "use --set data.NAME.ARGUMENT=VALUE", None),
     ("finetune.unroll=0", OutOfRange, (10, 18), "unroll must be >= 1, got 0", None),

@@ -1,0 +1,56 @@
+"""`search(random, trials)`: the gradient-free baseline over the same meta-parameters.
+
+Each trial draws every raw meta-parameter uniformly in [low, high] (clipped to its declared bounds;
+trial 0 keeps the initial values, so the search never does worse on FT-val than plain pre-training),
+runs the whole PT stage with the FT head trained online beside it, exactly as long as a meta run
+(warmup + meta_steps * P PT steps) but with no meta-steps, and scores the result by the meta-objective
+on `SCORE_BATCHES` batches of its data. The best trial's state is kept. A run of T trials costs about
+T plain pre-training runs: what the hypergradient buys is this search at the price of one.
+"""
+from __future__ import annotations
+
+import torch
+
+SCORE_BATCHES = 8
+
+
+def _draw(trainer, gen: torch.Generator, low: float, high: float) -> dict:
+    bounds = {m.name: m.bounds for m in trainer.plan.metas}
+    out = {}
+    for name, t in trainer.prog.init_metas().items():
+        lo, hi = bounds[name] if bounds[name] else (low, high)
+        lo, hi = max(lo, low) if bounds[name] is None else lo, min(hi, high) if bounds[name] is None else hi
+        draw = lo + (hi - lo) * torch.rand(t.shape, generator=gen, dtype=t.dtype)
+        out[name] = draw.to(t.device).requires_grad_()
+    return out
+
+
+def score(trainer, state) -> float:
+    """The meta-objective averaged over SCORE_BATCHES batches of its data (lower is better)."""
+    with torch.no_grad():
+        losses = [trainer.loss_val(state.params, state.metas, *trainer.data.batch("objective"))
+                  for _ in range(SCORE_BATCHES)]
+    return float(torch.stack(losses).mean())
+
+
+def random_search(trainer, log=None, bar=None):
+    """The best of `trials` PT runs at random meta-parameters (module docstring); logs one line a trial."""
+    from mptc.runtime.executor import meta_train
+    args, seed = trainer.estimator.args, trainer.plan.train.seed
+    gen = torch.Generator().manual_seed(seed)
+    best, best_score = None, float("inf")
+    for trial in range(args["trials"]):
+        trainer.data.reseed(seed)                       # every trial sees the same batches
+        state = trainer.init_state()
+        metas = _draw(trainer, gen, args["low"], args["high"])
+        if trial:
+            state.metas = metas
+        state = meta_train(trainer, state, None, mode="online")
+        value = score(trainer, state)
+        if log:
+            log.log(trial=trial, ft_val_loss=value)
+        if bar:
+            bar(trial + 1, float("nan"), value)
+        if value < best_score:
+            best, best_score = state, value
+    return best
