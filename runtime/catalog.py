@@ -253,6 +253,8 @@ ESTIMATORS.register("ift", [
     Param("hessian_batch", "int", None, min=1, doc="examples of the PT batch the Hessian products use"),
     Param("hvp", "choice", "reverse-over-reverse", choices=HVP_MODES,
           doc="how H u is formed; auto times the exact modes once and keeps the fastest"),
+    Param("fused", "bool", False, doc="reuse the last PT step's gradient graph for H and the mixed term "
+                                      "(one forward/backward less; H at theta_{P-1} instead of theta_P)"),
 ], target="mptc.runtime.estimators:ift",
     doc="Implicit function theorem through the PT stage: -v^T H^-1 d2L_PT/dtheta dphi.")
 ESTIMATORS.register("unroll", [], target="mptc.runtime.estimators:unroll_ft",

@@ -58,13 +58,15 @@ def _timed(fn, *args, **kw):
 
 
 def hessian(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[str], mode: str = _ROR,
-            hessian_batch: int | None = None):
+            hessian_batch: int | None = None, g: list | None = None):
     """(g, hvp): g = dL_PT/dtheta over `keys` on `batch`, differentiable in theta and phi (the mixed
     term needs it), and u -> H u, H = d2L_PT/dtheta2 on the first `hessian_batch` examples of `batch`
-    (all of it when None), formed by `mode` (see runtime/hvp.py)."""
+    (all of it when None), formed by `mode` (see runtime/hvp.py). A `g` given (the fused schedule: the
+    last PT step's own differentiable gradient at `params`) is used instead of a new one."""
     theta = [params[n] for n in keys]
     x, y = batch
-    g = torch.autograd.grad(loss_pt(params, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta (phi live)
+    if g is None:
+        g = torch.autograd.grad(loss_pt(params, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta
     if mode == _ROR and hessian_batch is None:
         return g, MAKERS[mode](None, theta, g)                          # H u = d(g . u)/dtheta, same graph
     sub = (x, y) if hessian_batch is None else (x[:hessian_batch], y[:hessian_batch])
@@ -79,15 +81,16 @@ def pt_loss_of(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[s
 
 def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[str], solver: Callable,
         solver_args: dict, hessian_keys: list[str] | None = None, hvp: str = _ROR,
-        hessian_batch: int | None = None, prepare: Callable | None = None):
+        hessian_batch: int | None = None, prepare: Callable | None = None, g: list | None = None):
     """-p^T d2L_PT/dtheta dphi with p ~ H^-1 v, H = d2L_PT/dtheta2 over `hessian_keys` (default: wrt).
 
     `prepare(hvp, v)`, when given, returns extra solver arguments computed from the Hessian (e.g. the
     Neumann scale from a power iteration). Returns ({meta name: hypergradient}, info) where info has
-    the solver's iterations and residual and the seconds spent solving and in the mixed VJP."""
+    the solver's iterations and residual and the seconds spent solving and in the mixed VJP. `g`, when
+    given, is dL_PT/dtheta over `hessian_keys` at `params`, differentiable (see `hessian`)."""
     keys = hessian_keys or wrt
     v_h = [v[wrt.index(n)] if n in wrt else torch.zeros_like(params[n]) for n in keys]
-    (g, matvec), t_hessian = _timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch)
+    (g, matvec), t_hessian = _timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch, g)
     extra = prepare(matvec, v_h) if prepare else {}
     (p, info), t_solve = _timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ H^-1 v
     names = list(metas)

@@ -17,6 +17,7 @@ import torch
 from mptc.compiler import ir
 from mptc.errors import RunError
 from mptc.runtime import optim
+from mptc.runtime.optim import clone_state
 from mptc.runtime.data import Data
 from mptc.runtime.estimators import ift, pt_loss_of, unroll_ft, unroll_pt
 from mptc.runtime.hvp import fastest, power_iteration
@@ -55,14 +56,15 @@ class Trainer:
         args = self.estimator.args
         self.hessian = args.get("hessian", "all")
         self.hvp_mode, self.hessian_batch = args.get("hvp", "reverse-over-reverse"), args.get("hessian_batch")
+        self.fused, self.kept = bool(args.get("fused")), None
         solver = args.get("solver") or ir.Component("identity", {})
         self.solver = SOLVERS.get(solver.name).load()
         self.solver_args = {k: v for k, v in solver.args.items() if v is not None}
         if solver.name == "neumann":
             self.solver_args.setdefault("scale", plan.pretrain.optimizer.args["lr"])
-        self.auto_scale = self.solver_args.pop("scale", None) == "auto"
-        if self.auto_scale:
-            self.solver_args.pop("rescale_every"), self.solver_args.pop("power_iters")
+        self.auto_scale = self.solver_args.get("scale") == "auto"
+        for option in ("rescale_every", "power_iters") + (("scale",) if self.auto_scale else ()):
+            self.solver_args.pop(option, None)          # read by `_scale`, not by the solver
         self.lam_max, self.meta_step_no, self.window = None, 0, None
 
     def encoder_modules(self) -> list[str]:
@@ -79,18 +81,23 @@ class Trainer:
     def _sel(params, keys):
         return [params[k] for k in keys]
 
-    def _apply(self, state: State, keys, opt, opt_state, grads):
-        with torch.no_grad():
-            new, opt_state = opt.update(self._sel(state.params, keys), list(grads), opt_state)
-        state.params.update({k: t.detach().requires_grad_() for k, t in zip(keys, new)})
-        return opt_state
+    def _apply(self, state: State, keys, opt, opt_state, grads, fresh: bool = False):
+        """An optimizer step in place (fused kernels). `fresh` first gives the parameters new storage, so
+        the tensors a kept graph holds (the fused schedule's theta_{P-1}) keep their values."""
+        if fresh:
+            state.params.update({k: state.params[k].detach().clone().requires_grad_() for k in keys})
+        return opt.step_(self._sel(state.params, keys), list(grads), opt_state)
 
-    def pt_step(self, state: State, batch) -> float:
-        """One PT step at fixed meta-parameters."""
-        metas = {n: t.detach() for n, t in state.metas.items()}
+    def pt_step(self, state: State, batch, keep: bool = False) -> float:
+        """One PT step at fixed meta-parameters. `keep` (the fused schedule, last step before a meta-step)
+        keeps the step's gradient differentiable in theta and phi for the hypergradient to reuse."""
+        metas = state.metas if keep else {n: t.detach() for n, t in state.metas.items()}
         loss = self.loss_pt(state.params, metas, *batch)
-        grads = torch.autograd.grad(loss, self._sel(state.params, self.pt_keys))
-        state.pt_opt = self._apply(state, self.pt_keys, self.pt_opt, state.pt_opt, grads)
+        grads = torch.autograd.grad(loss, self._sel(state.params, self.pt_keys), create_graph=keep)
+        if keep:
+            self.kept = (dict(state.params), grads)     # the point theta_{P-1} and dL_PT/dtheta there
+        state.pt_opt = self._apply(state, self.pt_keys, self.pt_opt, state.pt_opt, [g.detach() for g in grads],
+                                   fresh=keep)
         return loss.detach()
 
     def ft_online_step(self, state: State, batch) -> None:
@@ -104,7 +111,7 @@ class Trainer:
     def open_window(self, state: State) -> None:
         """Snapshot theta and the PT optimizer state at the start of a P-step window (PT `unroll` only)."""
         if self.estimator.name == "unroll":
-            self.window = ({k: t.detach().clone() for k, t in state.params.items()}, state.pt_opt, [])
+            self.window = ({k: t.detach().clone() for k, t in state.params.items()}, clone_state(state.pt_opt), [])
 
     def record(self, batch) -> None:
         if self.window is not None:
@@ -117,7 +124,7 @@ class Trainer:
         v_out, t_ft = _timed(self.ft_unroll, state, ft_batches, val_batch)
         l_val, v, direct = v_out
         hg, info = self.through_pt(state, pt_batch, v)
-        self.last = (pt_batch, v, direct)               # what `check` compares against
+        self.last, self.kept = (pt_batch, v, direct), None  # what `check` compares against; no graph kept
         return l_val, {n: hg[n] + direct[n] for n in hg}, {**info, "ft_unroll_s": t_ft}
 
     def ft_unroll(self, state: State, ft_batches, val_batch):
@@ -132,15 +139,19 @@ class Trainer:
             params0, opt0, batches = self.window
             return unroll_pt(self.loss_pt, params0, state.metas, self.pt_keys, self.pt_opt, opt0, batches, v)
         keys = self.shared if self.hessian == "encoder" else self.pt_keys
+        params, g = state.params, None
+        if self.fused and not reference:                # H and the mixed term at theta_{P-1}, from the PT step
+            params, grads = self.kept
+            g = [grads[self.pt_keys.index(k)] for k in keys]
         if self.hvp_mode == "auto":                     # resolved once, on the first meta-step's state
             self.hvp_mode = fastest(pt_loss_of(self.loss_pt, state.params, state.metas, pt_batch, keys),
                                     self._sel(state.params, keys), self._ones(state, keys))
         solver, args, prepare = self.solver, self.solver_args, self._scale if self.auto_scale else None
         if reference:                                   # CG to tolerance on the whole batch, exact products
             solver, args, prepare = SOLVERS.get("cg").load(), {"iters": 200, "tol": 1e-8}, None
-        return ift(self.loss_pt, state.params, state.metas, pt_batch, v, self.pt_keys, solver, args,
+        return ift(self.loss_pt, params, state.metas, pt_batch, v, self.pt_keys, solver, args,
                    hessian_keys=keys, hvp="reverse-over-reverse" if reference else self.hvp_mode,
-                   hessian_batch=None if reference else self.hessian_batch, prepare=prepare)
+                   hessian_batch=None if reference else self.hessian_batch, prepare=prepare, g=g)
 
     @staticmethod
     def _ones(state: State, keys):
@@ -215,7 +226,8 @@ def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None,
             trainer.open_window(state)                  # the exact PT `unroll` replays this window
         pt_batch = data.batch("pretrain")
         trainer.record(pt_batch)
-        pt_losses.append(trainer.pt_step(state, pt_batch))
+        last = meta and step > warmup and (step - warmup) % P == 0   # a meta-step follows this PT step
+        pt_losses.append(trainer.pt_step(state, pt_batch, keep=last and trainer.fused))
         t_pt += time.perf_counter() - ts
         if mode == "pretrain":
             continue
@@ -310,6 +322,9 @@ def evaluate(trainer: Trainer, states: dict) -> dict:
     args = dict(ev.protocol.args)
     seeds = args.pop("seeds")
     splits = trainer.data.splits(trainer.plan.objective.data.dataset)
+    if args.pop("tasks", "seen") == "heldout":  # partial FT access: the tasks meta-training never saw
+        from mptc.runtime.data import heldout_splits
+        splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
     out = {}
     for method, state in states.items():
         encoder = _encoder(trainer, state)

@@ -11,17 +11,26 @@ no_grad) and the unrolled fine-tuning steps the hypergradient backpropagates thr
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
 
 
 class Optimizer(NamedTuple):
-    """init(params) -> state; update(params, grads, state) -> (new params, new state)."""
+    """init(params) -> state; update(params, grads, state) -> (new params, new state), pure and
+    differentiable; step_(params, grads, state) -> state, the same update done in place with fused
+    `torch._foreach_*` kernels (no autograd: the online steps, which nothing differentiates)."""
 
     init: Callable
     update: Callable
     lr: float
+    step_: Callable
+
+
+def clone_state(state: dict) -> dict:
+    """A copy of an optimizer state that later in-place steps leave untouched."""
+    return {k: [t.clone() for t in v] if isinstance(v, list) else v for k, v in state.items()}
 
 
 def _decay(params, grads, weight_decay):
@@ -39,7 +48,18 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, **_) -> Opt
             grads = [momentum * b + g for b, g in zip(state["buf"], grads)]
             state = {"buf": grads}
         return [p - lr * g for p, g in zip(params, grads)], state
-    return Optimizer(init, update, lr)
+
+    @torch.no_grad()
+    def step_(params, grads, state):
+        if weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        if momentum:
+            torch._foreach_mul_(state["buf"], momentum)
+            torch._foreach_add_(state["buf"], grads)
+            grads = state["buf"]
+        torch._foreach_add_(params, grads, alpha=-lr)
+        return state
+    return Optimizer(init, update, lr, step_)
 
 
 def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
@@ -56,7 +76,21 @@ def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float 
         c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
         new = [p - lr * (mi / c1) / (_sqrt(vi / c2) + eps) for p, mi, vi in zip(params, m, v)]
         return new, {"t": t, "m": m, "v": v}
-    return Optimizer(init, update, lr)
+
+    @torch.no_grad()
+    def step_(params, grads, state):                    # the same arithmetic as `update`, in place
+        if weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        t = state["t"] + 1
+        torch._foreach_lerp_(state["m"], grads, 1 - beta1)          # m <- b1 m + (1 - b1) g
+        torch._foreach_mul_(state["v"], beta2)
+        torch._foreach_addcmul_(state["v"], grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(state["v"])
+        torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))        # sqrt(v / c2)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, state["m"], denom, value=-lr / (1 - beta1 ** t))
+        return {**state, "t": t}
+    return Optimizer(init, update, lr, step_)
 
 
 def _sqrt(v):

@@ -290,3 +290,22 @@ def test_max_nonfinite_is_configurable(tmp_path, capsys, monkeypatch):
     code, _ = _run(tmp_path, "", train="max_nonfinite 2")
     assert code == 2 and not (tmp_path / "run").exists()
     assert "non-finite hypergradient at meta-step 2 (2 in a row)" in capsys.readouterr().err
+
+
+def test_an_explicit_neumann_scale_reaches_the_solver():
+    """terms 0: p = alpha v, so the hypergradient is alpha times the identity solver's."""
+    from mptc.compiler.lower import compile_spec
+    from mptc.runtime.program import Program
+    torch.set_default_dtype(torch.float32)
+    hgs = {}
+    for name, est in (("neumann", "ift(neumann(terms: 0, scale: 0.25))"), ("identity", "ift(identity)")):
+        plan = compile_spec(TINY.replace("HYPERGRADIENT", f"hypergradient pretrain: {est}").replace("TRAIN", ""),
+                            "t.mpt")
+        torch.manual_seed(0)
+        trainer = executor.Trainer(plan, Program(plan, torch.device("cpu")), data=None)
+        state = trainer.init_state()
+        g = torch.Generator().manual_seed(0)
+        pt = (torch.randn(32, 8, generator=g), (torch.randn(32, 12, generator=g) > 0).float())
+        ft = (torch.randn(32, 8, generator=g), (torch.randn(32, 2, generator=g) > 0).float())
+        hgs[name] = trainer.hypergradient(state, pt, [ft, ft], ft)[1]["w"]
+    assert torch.allclose(hgs["neumann"], 0.25 * hgs["identity"], rtol=1e-5, atol=0)

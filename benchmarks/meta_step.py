@@ -1,0 +1,193 @@
+"""One meta-step of mptc's runtime against the hand-written reference, in one process.
+
+The problem is `../shared/bench/common.py` (MLP 128 -> H -> H, 500 PT tasks, 10 FT tasks, batch 256,
+P=10 Adam PT steps, K=1 SGD FT step with the FT head reset to a fixed init, Neumann J=5, alpha=1e-2,
+meta Adam 1e-2), written as a `.mpt` spec (SPEC below) and run through `compile_spec`, `Program` and
+the executor's `Trainer` on the benchmark's own data, initial weights and batch schedule. Measured:
+
+* ratio: meta-step time / time of 10 plain PT steps (torch.optim.Adam, loss.backward()), alternated
+  in the same process by the benchmark's own harness (`common.run_benchmark`), for the hand-written
+  implementation (`impl_manual.py`), mptc with the same estimator, and mptc with `fused: true` (the
+  last PT step's gradient graph serves the Hessian-vector products and the mixed term: one forward
+  and backward pass less);
+* agreement: at each of the first meta-steps, the hand-written hypergradient and mptc's (same
+  estimator) on the same state and batches; their cosine similarity and relative error;
+* quality of the fused schedule: FT-val loss after `--long` meta-steps, fused vs the same estimator.
+
+    .venv/bin/python benchmarks/meta_step.py --widths 256 1024
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
+SPEC = """
+spec bench "the reference problem of shared/bench/common.py"
+data pt = synthetic.multitask(examples: 8, dim: 128, tasks: 500, related: 0)
+data ft = synthetic.multitask_ft(of: pt, examples: 8, tasks: 10) split train 0.5, val 0.5
+model encoder = mlp(hidden: [{h}, {h}])
+head pt_head = linear(out: 500)
+head ft_head = linear(out: 10)
+meta w: vector[500] = 0.0
+let task_weight = 2 * sigmoid(w)
+pretrain {{
+  data pt batch 256
+  loss mean(task_weight * bce(pt_head(encoder(x)), y))
+  optimizer adam(lr: 1e-3)
+  steps 10
+}}
+finetune {{
+  data ft.train batch 256
+  loss mean(bce(ft_head(encoder(x)), y))
+  optimizer sgd(lr: 0.1)
+  unroll 1 update ft_head
+}}
+meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+hypergradient pretrain: ift(neumann(terms: 5, scale: 1e-2){fused}), finetune: unroll
+meta_optimizer adam(lr: 1e-2)
+train meta_steps 1 seed 0 device cpu
+"""
+
+
+def trainer_for(width: int, fused: bool):
+    """A Trainer over the spec at `width` (its data unused: batches come from the benchmark)."""
+    from mptc.compiler.lower import compile_spec
+    from mptc.runtime.executor import Trainer
+    from mptc.runtime.program import Program
+    plan = compile_spec(SPEC.format(h=width, fused=", fused: true" if fused else ""), "bench.mpt")
+    prog = Program(plan, torch.device("cpu"))
+    return Trainer(plan, prog, data=None)
+
+
+def load_state(trainer, S):
+    """mptc's State at the benchmark's initial weights: net0 -> encoder/pt_head, phi0 -> w."""
+    state = trainer.init_state()
+    names = {"enc.0": "encoder.0", "enc.2": "encoder.2", "pt_head": "pt_head"}
+    for key, t in S.net0.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        state.params[f"{names[module]}.{leaf}"] = t.detach().clone().requires_grad_()
+    state.pt_opt = trainer.pt_opt.init(trainer._sel(state.params, trainer.pt_keys))
+    state.metas["w"] = S.phi0.clone().requires_grad_()
+    state.meta_opt = trainer.meta_opt.init([state.metas["w"]])
+    return state
+
+
+def reset_ft(state, S):
+    """The FT head at its fixed init psi_FT0, as the benchmark does at every meta-step."""
+    state.params["ft_head.weight"] = S.ft0[0].clone().requires_grad_()
+    state.params["ft_head.bias"] = S.ft0[1].clone().requires_grad_()
+
+
+def make_mptc(fused: bool):
+    """`make_meta_step(S)` for common.run_benchmark: P PT steps, FT unroll, IFT, meta-step."""
+    import common
+
+    def make(S):
+        trainer = trainer_for(S.net0.enc[0].out_features, fused)
+        state = load_state(trainer, S)
+
+        def meta_step(m):
+            for p in range(common.P_STEPS):
+                batch = S.pt_batch(m, p)
+                trainer.pt_step(state, batch, keep=fused and p == common.P_STEPS - 1)
+            S.t_pt_end = __import__("time").perf_counter()
+            reset_ft(state, S)
+            xt, yt, xv, yv = S.ft_batches(m)
+            _, hg, _ = trainer.hypergradient(state, batch, [(xt, yt)], (xv, yv))
+            trainer.meta_step(state, hg)
+            return hg["w"]
+        make.state, make.trainer = state, trainer
+        return meta_step
+    return make
+
+
+def agreement(width: int, steps: int) -> dict:
+    """Cosine and relative error of mptc's hypergradient to the hand-written one, same state and batches."""
+    import common
+    import impl_manual
+    S = common.Setup(width)
+    make = make_mptc(False)
+    step = make(S)
+    trainer, state = make.trainer, make.state
+    cosines, errors = [], []
+    for m in range(steps):
+        for p in range(common.P_STEPS):
+            batch = S.pt_batch(m, p)
+            trainer.pt_step(state, batch)
+        reset_ft(state, S)
+        net = S.new_net()                               # the hand-written reference at mptc's state
+        names = {"encoder.0": "enc.0", "encoder.2": "enc.2", "pt_head": "pt_head"}
+        net.load_state_dict({f"{names[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach()
+                             for k, v in state.params.items() if not k.startswith("ft_head")})
+        phi = state.metas["w"].detach().clone().requires_grad_()
+        v_enc = impl_manual.unrolled_ft_v(net, S.ft0, S.ft_batches(m))
+        ref = impl_manual.ift_hypergrad(net, phi, *batch, v_enc)
+        xt, yt, xv, yv = S.ft_batches(m)
+        _, hg, _ = trainer.hypergradient(state, batch, [(xt, yt)], (xv, yv))
+        ours = hg["w"].detach()
+        cosines.append(float(ours @ ref / (ours.norm() * ref.norm())))
+        errors.append(float((ours - ref).norm() / ref.norm()))
+        trainer.meta_step(state, hg)
+    del step
+    return {"width": width, "steps": steps, "min_cosine": min(cosines), "max_rel_err": max(errors)}
+
+
+def long_run(width: int, steps: int, fused: bool) -> float:
+    """FT-val loss (the meta-objective on the whole FT-val set, FT head after its K=1 step) after `steps`."""
+    import common
+    common.N_META = steps
+    S = common.Setup(width)
+    make = make_mptc(fused)
+    step = make(S)
+    for m in range(steps):
+        step(m)
+    trainer, state = make.trainer, make.state
+    reset_ft(state, S)
+    l_val, _, _ = trainer.ft_unroll(state, [(S.x_tr, S.y_tr)], (S.x_val, S.y_val))
+    return float(l_val)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--widths", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--agree-steps", type=int, default=5)
+    p.add_argument("--long", type=int, default=200, help="meta-steps of the fused-vs-reference quality run")
+    p.add_argument("--bench", default=str(BENCH), help="the folder of the reference benchmark")
+    args = p.parse_args()
+    sys.path.insert(0, args.bench)
+    import common
+    import impl_manual
+    common.HERE = tempfile.mkdtemp(prefix="mptc-bench-")  # its hypergradient dumps stay out of shared/
+    rows = []
+    for width in args.widths:
+        for name, make in (("manual", impl_manual.make), ("mptc", make_mptc(False)),
+                           ("mptc-fused", make_mptc(True))):
+            res = common.run_benchmark(name, width, make)
+            rows.append(res)
+        print("AGREEMENT " + json.dumps(agreement(width, args.agree_steps)), flush=True)
+    print("\n| impl | width | meta-step ms (median) | 10 plain PT steps ms | ratio |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['impl']} | {r['width']} | {r['meta_med_ms']:.1f} | {r['plain10_med_ms']:.1f} | "
+              f"{r['ratio_med']:.2f} |")
+    for width in args.widths:
+        manual = next(r for r in rows if r["impl"] == "manual" and r["width"] == width)["ratio_med"]
+        for name in ("mptc", "mptc-fused"):
+            ratio = next(r for r in rows if r["impl"] == name and r["width"] == width)["ratio_med"]
+            print(f"width {width}: {name} ratio / manual ratio = {ratio / manual:.3f}")
+    if args.long:
+        width = args.widths[0]
+        ref, fused = long_run(width, args.long, False), long_run(width, args.long, True)
+        print(f"FT-val loss after {args.long} meta-steps, width {width}: same estimator {ref:.5f}, "
+              f"fused {fused:.5f} ({100 * (fused - ref) / ref:+.2f}%)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
