@@ -309,3 +309,30 @@ def test_an_explicit_neumann_scale_reaches_the_solver():
         ft = (torch.randn(32, 8, generator=g), (torch.randn(32, 2, generator=g) > 0).float())
         hgs[name] = trainer.hypergradient(state, pt, [ft, ft], ft)[1]["w"]
     assert torch.allclose(hgs["neumann"], 0.25 * hgs["identity"], rtol=1e-5, atol=0)
+
+
+def test_fused_schedule_is_ift_at_the_last_pt_steps_point(tmp_path):
+    """`fused: true` reuses the last PT step's gradient: the same as ift with H and the mixed term at
+    theta_{P-1} (the point that step started from), on that step's batch."""
+    from mptc.compiler.lower import compile_spec
+    from mptc.runtime.program import Program
+    from mptc.runtime.solvers import neumann as neumann_solver
+    torch.set_default_dtype(torch.float32)
+    text = TINY.replace("HYPERGRADIENT", "hypergradient pretrain: ift(neumann(terms: 3, scale: 0.1), fused: true)")
+    plan = compile_spec(text.replace("TRAIN", ""), "t.mpt")
+    torch.manual_seed(0)
+    trainer = executor.Trainer(plan, Program(plan, torch.device("cpu")), data=None)
+    state = trainer.init_state()
+    g = torch.Generator().manual_seed(0)
+    pt = (torch.randn(32, 8, generator=g), (torch.randn(32, 12, generator=g) > 0).float())
+    ft = (torch.randn(32, 8, generator=g), (torch.randn(32, 2, generator=g) > 0).float())
+    before = {k: t.detach().clone().requires_grad_() for k, t in state.params.items()}
+    trainer.pt_step(state, pt, keep=True)
+    assert not torch.equal(before["encoder.0.weight"], state.params["encoder.0.weight"])
+    _, v, _ = trainer.ft_unroll(state, [ft, ft], ft)
+    fused, _ = trainer.through_pt(state, pt, v)
+    expected, _ = ift(trainer.loss_pt, before, state.metas, pt, v, trainer.pt_keys, neumann_solver,
+                      {"terms": 3, "scale": 0.1})
+    assert torch.allclose(fused["w"], expected["w"], rtol=1e-5, atol=1e-12)
+    code, rows = _run(tmp_path, "hypergradient pretrain: ift(neumann(terms: 3, scale: 0.1), fused: true)")
+    assert code == 0 and len(rows) == 4
