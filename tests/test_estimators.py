@@ -23,13 +23,7 @@ from mptc.runtime.hvp import MAKERS, MODES, power_iteration
 from mptc.runtime.optim import adam, sgd
 from mptc.runtime.solvers import cg, neumann
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def _rel(a, b):
@@ -292,21 +286,25 @@ def test_max_nonfinite_is_configurable(tmp_path, capsys, monkeypatch):
     assert "non-finite hypergradient at meta-step 2 (2 in a row)" in capsys.readouterr().err
 
 
-def test_an_explicit_neumann_scale_reaches_the_solver():
-    """terms 0: p = alpha v, so the hypergradient is alpha times the identity solver's."""
+def _trainer(hypergradient: str):
+    """A float32 Trainer over TINY with `hypergradient`, its initial state and fixed PT and FT batches."""
     from mptc.compiler.lower import compile_spec
     from mptc.runtime.program import Program
     torch.set_default_dtype(torch.float32)
+    plan = compile_spec(TINY.replace("HYPERGRADIENT", hypergradient).replace("TRAIN", ""), "t.mpt")
+    torch.manual_seed(0)
+    trainer = executor.Trainer(plan, Program(plan, torch.device("cpu")), data=None)
+    g = torch.Generator().manual_seed(0)
+    pt = (torch.randn(32, 8, generator=g), (torch.randn(32, 12, generator=g) > 0).float())
+    ft = (torch.randn(32, 8, generator=g), (torch.randn(32, 2, generator=g) > 0).float())
+    return trainer, trainer.init_state(), pt, ft
+
+
+def test_an_explicit_neumann_scale_reaches_the_solver():
+    """terms 0: p = alpha v, so the hypergradient is alpha times the identity solver's."""
     hgs = {}
     for name, est in (("neumann", "ift(neumann(terms: 0, scale: 0.25))"), ("identity", "ift(identity)")):
-        plan = compile_spec(TINY.replace("HYPERGRADIENT", f"hypergradient pretrain: {est}").replace("TRAIN", ""),
-                            "t.mpt")
-        torch.manual_seed(0)
-        trainer = executor.Trainer(plan, Program(plan, torch.device("cpu")), data=None)
-        state = trainer.init_state()
-        g = torch.Generator().manual_seed(0)
-        pt = (torch.randn(32, 8, generator=g), (torch.randn(32, 12, generator=g) > 0).float())
-        ft = (torch.randn(32, 8, generator=g), (torch.randn(32, 2, generator=g) > 0).float())
+        trainer, state, pt, ft = _trainer(f"hypergradient pretrain: {est}")
         hgs[name] = trainer.hypergradient(state, pt, [ft, ft], ft)[1]["w"]
     assert torch.allclose(hgs["neumann"], 0.25 * hgs["identity"], rtol=1e-5, atol=0)
 
@@ -314,25 +312,14 @@ def test_an_explicit_neumann_scale_reaches_the_solver():
 def test_fused_schedule_is_ift_at_the_last_pt_steps_point(tmp_path):
     """`fused: true` reuses the last PT step's gradient: the same as ift with H and the mixed term at
     theta_{P-1} (the point that step started from), on that step's batch."""
-    from mptc.compiler.lower import compile_spec
-    from mptc.runtime.program import Program
-    from mptc.runtime.solvers import neumann as neumann_solver
-    torch.set_default_dtype(torch.float32)
-    text = TINY.replace("HYPERGRADIENT", "hypergradient pretrain: ift(neumann(terms: 3, scale: 0.1), fused: true)")
-    plan = compile_spec(text.replace("TRAIN", ""), "t.mpt")
-    torch.manual_seed(0)
-    trainer = executor.Trainer(plan, Program(plan, torch.device("cpu")), data=None)
-    state = trainer.init_state()
-    g = torch.Generator().manual_seed(0)
-    pt = (torch.randn(32, 8, generator=g), (torch.randn(32, 12, generator=g) > 0).float())
-    ft = (torch.randn(32, 8, generator=g), (torch.randn(32, 2, generator=g) > 0).float())
+    hypergradient = "hypergradient pretrain: ift(neumann(terms: 3, scale: 0.1), fused: true)"
+    trainer, state, pt, ft = _trainer(hypergradient)
     before = {k: t.detach().clone().requires_grad_() for k, t in state.params.items()}
     trainer.pt_step(state, pt, keep=True)
     assert not torch.equal(before["encoder.0.weight"], state.params["encoder.0.weight"])
     _, v, _ = trainer.ft_unroll(state, [ft, ft], ft)
     fused, _ = trainer.through_pt(state, pt, v)
-    expected, _ = ift(trainer.loss_pt, before, state.metas, pt, v, trainer.pt_keys, neumann_solver,
-                      {"terms": 3, "scale": 0.1})
+    expected, _ = ift(trainer.loss_pt, before, state.metas, pt, v, trainer.pt_keys, neumann, {"terms": 3, "scale": 0.1})
     assert torch.allclose(fused["w"], expected["w"], rtol=1e-5, atol=1e-12)
-    code, rows = _run(tmp_path, "hypergradient pretrain: ift(neumann(terms: 3, scale: 0.1), fused: true)")
+    code, rows = _run(tmp_path, hypergradient)
     assert code == 0 and len(rows) == 4

@@ -16,15 +16,7 @@ from mptc.runtime.executor import Trainer
 from mptc.runtime.program import Program
 from mptc.runtime.solvers import cg, identity, neumann
 
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Every tensor of this module in float64; the default is restored for the other test modules."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 @pytest.fixture
