@@ -18,8 +18,7 @@ def _draw(trainer, gen: torch.Generator, low: float, high: float) -> dict:
     bounds = {m.name: m.bounds for m in trainer.plan.metas}
     out = {}
     for name, t in trainer.prog.init_metas().items():
-        lo, hi = bounds[name] if bounds[name] else (low, high)
-        lo, hi = max(lo, low) if bounds[name] is None else lo, min(hi, high) if bounds[name] is None else hi
+        lo, hi = bounds.get(name) or (low, high)        # a declared `in [lo, hi]` replaces the search range
         draw = lo + (hi - lo) * torch.rand(t.shape, generator=gen, dtype=t.dtype)
         out[name] = draw.to(t.device).requires_grad_()
     return out
