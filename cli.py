@@ -5,6 +5,8 @@
     mptc run SPEC [--out DIR] [--set key=value ...]
     mptc fmt [--check] FILES...          rewrite specs in canonical layout, comments kept (commands.py)
     mptc space SPEC [--json]             the objectives each space declaration expands to (commands.py)
+    mptc compare SPEC... [--seeds N]     specs (and their baselines) over seeds: markdown + CSV table (commands.py)
+    mptc sweep SPEC --set KEY=V1,V2 --set KEY=A..B [--out DIR]   one run per combination, summary table (sweep.py)
 """
 from __future__ import annotations
 
@@ -77,6 +79,9 @@ def cmd_check(args) -> int:
 def cmd_compile(args) -> int:
     from mptc.compiler.ir import to_json
     _, plan = _compile(args)
+    if args.emit == "python":
+        from mptc.emit import cmd_emit
+        return cmd_emit(args, plan)
     print(json.dumps(to_json(plan), indent=2))
     return 0
 
@@ -98,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_check)
     p = sub.add_parser("compile", help="compile a spec and print its IR")
     p.add_argument("spec")
-    p.add_argument("--emit", choices=["ir"], default="ir")
+    p.add_argument("--emit", choices=["ir", "python"], default="ir", help="ir: the plan as JSON; python: a "
+                   "standalone PyTorch script of the run (emit.py)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
     p.set_defaults(fn=cmd_compile)
     p = sub.add_parser("run", help="compile and execute a spec, writing a run directory")
@@ -109,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
     from mptc.commands import add_commands
     add_commands(sub)
+    from mptc.sweep import add_sweep
+    add_sweep(sub)
     return parser
 
 

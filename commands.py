@@ -2,6 +2,7 @@
 
     mptc fmt [--check] FILES...   rewrite specs in canonical layout, comments kept; --check: exit 1 if one would change
     mptc space SPEC [--json]      the objectives each `space` declaration expands to, what each exclude removed
+    mptc compare SPEC... [--seeds N]   run specs over seeds; the methods' table in markdown and CSV
 """
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def add_commands(sub) -> None:
     p.add_argument("spec")
     p.add_argument("--json", action="store_true", help="print the expansion as JSON")
     p.set_defaults(fn=cmd_space)
+    p = sub.add_parser("compare", help="run specs over seeds and print their methods' table (markdown, CSV)",
+                       description=COMPARE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per spec (default 5)")
+    p.add_argument("--vary", nargs="+", default=None, metavar="KEY[+K]",
+                   help="keys set to the seed (+K) per run (default: train.seed and every data seed and fold)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run")
+    p.add_argument("--out", default="runs/compare", help="parent of the run directories (default runs/compare)")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the CSV table to FILE")
+    p.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
+    p.set_defaults(fn=cmd_compare)
 
 
 # ---- mptc fmt ------------------------------------------------------------------------------------
@@ -133,4 +145,183 @@ def cmd_space(args: argparse.Namespace) -> int:
             print(f"  removed {rule['removed']}: {rule['rule']}")
         for name in s["objectives"]:
             print(f"  {name}")
+    return 0
+
+
+# ---- mptc compare --------------------------------------------------------------------------------
+COMPARE_DOC = """Runs each spec once per seed and prints every method of its `evaluate ... against` list (the
+meta-learned run first) as mean +- stderr over the seeds: a markdown table, then the same as CSV with
+the run directories, like Table 1 of Raghu et al. (2021).
+
+Seed S (0..N-1) sets every varied key to its value in the spec plus S: by default `train.seed` and the
+`seed` and `fold` arguments of every data declaration (so the data, the training and, with
+tasks.heldout, the held-out task group change together; datasets that share a seed keep sharing it).
+`--vary KEY[+K]` instead sets exactly the keys given, KEY to S+K. Run directories: OUT/<spec>/seed-S.
+
+    mptc compare specs/paper/ppi_full_access.mpt specs/paper/ppi_partial_access.mpt --seeds 5
+"""
+VARIED_DATA_ARGS = ("seed", "fold")
+
+
+def default_vary(plan) -> list[str]:
+    """`train.seed+BASE` and `data.NAME.ARG+BASE` for each data seed/fold argument, BASE its value in the plan."""
+    out = [f"train.seed+{plan.train.seed}"]
+    for ds in plan.datasets:
+        for arg in VARIED_DATA_ARGS:
+            value = ds.source.args.get(arg)
+            if isinstance(value, int) and not isinstance(value, bool):
+                out.append(f"data.{ds.name}.{arg}+{value}")
+    return out
+
+
+def seed_overrides(vary: list[str], seed: int) -> list[str]:
+    """`--set` strings for one seed: `key` -> `key=seed`, `key+k` -> `key=seed+k`.
+
+        >>> seed_overrides(["train.seed", "data.ft.seed+100"], 2)
+        ['train.seed=2', 'data.ft.seed=102']
+    """
+    out = []
+    for item in vary:
+        key, _, offset = item.partition("+")
+        out.append(f"{key}={seed + int(offset or 0)}")
+    return out
+
+
+def _methods(evals: dict) -> dict:
+    """The per-method entries of an eval.json (other keys are the run's headline figures)."""
+    return {m: e for m, e in evals.items() if isinstance(e, dict) and {"metric", "mean"} <= set(e)}
+
+
+def compare_rows(runs: dict) -> list[dict]:
+    """Table rows from `{spec: [{"dir", "eval", "diagnostics"}, ...per seed]}`: one per (spec, method)
+    with the mean and stderr over seeds of the method's FT-test mean, its training wall time, the runs.
+
+        >>> run = {"dir": "r0", "eval": {"meta": {"metric": "auroc", "mean": 0.8, "train_s": 2.0}}, "diagnostics": {}}
+        >>> compare_rows({"s": [run, {**run, "dir": "r1"}]})[0]["mean"]
+        0.8
+    """
+    from mptc.runtime.evaluate import summarize
+    rows = []
+    for spec, seeds in runs.items():
+        methods = _methods(seeds[0]["eval"])
+        for method, first in methods.items():
+            values = [_methods(r["eval"])[method]["mean"] for r in seeds]
+            times = [_methods(r["eval"])[method].get("train_s", math.nan) for r in seeds]
+            rows.append({"spec": spec, "method": method, "metric": first["metric"], **summarize(values),
+                         "values": values, "train_s": round(sum(times) / len(times), 3),
+                         "runs": [str(r["dir"]) for r in seeds]})
+    return rows
+
+
+def diagnostic_rows(runs: dict) -> list[dict]:
+    """Mean and stderr over seeds of each numeric diagnostic (e.g. task weights vs planted relevance)."""
+    from mptc.runtime.evaluate import summarize
+    rows = []
+    for spec, seeds in runs.items():
+        for key, value in seeds[0]["diagnostics"].items():
+            if isinstance(value, (int, float)):
+                rows.append({"spec": spec, "name": key, **summarize([r["diagnostics"][key] for r in seeds])})
+    return rows
+
+
+def markdown_table(rows: list[dict], diagnostics: list[dict] = ()) -> str:
+    """The methods as a markdown table (Table 1 style), then the diagnostics and the wall-time ratio.
+
+        >>> print(markdown_table([{"spec": "s", "method": "meta", "metric": "auroc", "mean": 0.8,
+        ...     "stderr": 0.01, "seeds": 5, "train_s": 3.0, "runs": []}]))
+        | spec | method | auroc (mean ± stderr) | seeds | train s |
+        |---|---|---|---|---|
+        | s | meta | 80.00 ± 1.00 | 5 | 3.0 |
+    """
+    metric = rows[0]["metric"] if rows else "metric"
+    scale = 100 if metric in ("auroc", "accuracy") else 1  # the paper's points
+    out = [f"| spec | method | {metric} (mean ± stderr) | seeds | train s |", "|---|---|---|---|---|"]
+    out += [f"| {r['spec']} | {r['method']} | {scale * r['mean']:.2f} ± {scale * r['stderr']:.2f} | "
+            f"{r['seeds']} | {r['train_s']:.1f} |" for r in rows]
+    for spec in dict.fromkeys(r["spec"] for r in rows):
+        by = {r["method"]: r for r in rows if r["spec"] == spec}
+        first = next(iter(by))
+        if "pretrain" in by and first != "pretrain" and by["pretrain"]["train_s"] > 0:
+            out.append(f"\n{spec}: {first} / pretrain wall time = "
+                       f"{by[first]['train_s'] / by['pretrain']['train_s']:.2f}x")
+    if diagnostics:
+        out += ["", "| spec | diagnostic | mean ± stderr | seeds |", "|---|---|---|---|"]
+        out += [f"| {d['spec']} | {d['name']} | {d['mean']:.3f} ± {d['stderr']:.3f} | {d['seeds']} |"
+                for d in diagnostics]
+    return "\n".join(out)
+
+
+CSV_FIELDS = ("spec", "method", "metric", "mean", "stderr", "seeds", "train_s", "values", "runs")
+
+
+def csv_table(rows: list[dict]) -> str:
+    """The rows as CSV; `values` and `runs` (the run directories) joined with ';'.
+
+        >>> print(csv_table([{"spec": "s", "method": "meta", "metric": "auroc", "mean": 0.8, "stderr": 0.01,
+        ...     "seeds": 2, "train_s": 3.0, "values": [0.79, 0.81], "runs": ["a", "b"]}]), end="")
+        spec,method,metric,mean,stderr,seeds,train_s,values,runs
+        s,meta,auroc,0.8,0.01,2,3.0,0.79;0.81,a;b
+    """
+    import csv
+    import io
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "values": ";".join(f"{v:.6g}" for v in r["values"]), "runs": ";".join(r["runs"])})
+    return buf.getvalue()
+
+
+def run_seeds(spec: str, seeds: int, sets: list[str], vary: list[str] | None, out: Path, quiet: bool) -> list:
+    """One run of `spec` per seed (see COMPARE_DOC); `[{"dir", "eval", "diagnostics", "sets"}]`."""
+    import time
+    from mptc.cli import _read
+    from mptc.compiler.lower import compile_spec
+    from mptc.runtime.executor import run_plan
+    text = _read(spec)
+    base = compile_spec(text, spec, sets)
+    if base.evaluate is None:
+        raise RunError(f"compare: '{spec}' has no evaluate clause, so its runs have nothing to compare")
+    vary = default_vary(base) if vary is None else vary
+    results = []
+    for seed in range(seeds):
+        these = [*sets, *seed_overrides(vary, seed)]
+        start = time.perf_counter()
+        run = run_plan(compile_spec(text, spec, these), text, out / Path(spec).stem / f"seed-{seed}", progress=False)
+        evals = json.loads((run / "eval.json").read_text())
+        diag = json.loads((run / "diagnostics.json").read_text())
+        results.append({"dir": run, "eval": evals, "diagnostics": diag, "sets": these})
+        if not quiet:
+            means = "  ".join(f"{m} {e['mean']:.4f}" for m, e in _methods(evals).items())
+            print(f"{spec} seed {seed} ({time.perf_counter() - start:.0f} s; {' '.join(these)}): {means}",
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import time
+    if args.seeds < 1:
+        raise RunError(f"--seeds must be >= 1, got {args.seeds}")
+    names = [Path(s).stem for s in args.specs]
+    if len(set(names)) != len(names):
+        raise RunError("compare: two specs share a file name; their run directories would collide")
+    from mptc.cli import _read
+    from mptc.compiler.lower import compile_spec
+    for spec in args.specs:  # every spec checked before the first run starts
+        args.spec = spec
+        compile_spec(_read(spec), spec, args.set or [])
+    start, cpu = time.perf_counter(), time.process_time()
+    runs = {}
+    for spec in args.specs:
+        args.spec = spec  # the CLI renders a SpecError against this file
+        runs[Path(spec).stem] = run_seeds(spec, args.seeds, args.set or [], args.vary, Path(args.out), args.quiet)
+    rows = compare_rows(runs)
+    print(markdown_table(rows, diagnostic_rows(runs)))
+    print()
+    text = csv_table(rows)
+    print(text, end="")
+    if args.csv:
+        Path(args.csv).write_text(text)
+    print(f"\n{len(args.specs)} spec(s) x {args.seeds} seed(s): {time.perf_counter() - start:.0f} s wall, "
+          f"{time.process_time() - cpu:.0f} s CPU")
     return 0

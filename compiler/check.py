@@ -19,7 +19,7 @@ from mptc.compiler.values import check_args, check_component, fits_float, fold
 from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
                          SpecErrors, UnknownComponent, UnknownName, did_you_mean)
 from mptc.runtime.catalog import B, ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES, ShapeProblem, _fmt, broadcast
-from mptc.runtime.registry import (BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
+from mptc.runtime.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, Param)
 
 SINGLE = (ast.SpecHeader, ast.ObjectiveDecl, ast.HypergradientDecl, ast.MetaOptimizerDecl, ast.TrainDecl,
@@ -65,6 +65,9 @@ class _Checker:
         self.decls, self.singles, self.stages, self.args = {}, {}, {}, {}
         self.in_dims, self.data_shapes, self.space_sizes = {}, {}, {}
         self.let_shapes: dict = {}
+        self.scoped_shapes: dict = {}  # (let, (x shape, y shape)) -> shape, for lets that read the batch
+        self.let_deps: dict = {}
+        self.batch_lets: set = set()
 
     def err(self, e):
         self.errors.append(e)
@@ -126,16 +129,23 @@ class _Checker:
         for p in comp.params:
             if p.kind == "dataset" and args.get(p.name) is not None:
                 args[p.name] = self.data_shapes[args[p.name]]
-        self.data_shapes[name] = shape = comp.shape(args, None)
         decl = self.decls[name]
+        try:
+            self.data_shapes[name] = shape = comp.shape(args, None)
+        except ShapeProblem as problem:
+            self.err(BadArgument(decl.source.span, f"{comp.name}: {problem}"))
+            return
         if decl.split and shape and shape.get("splits"):
             first = decl.split[0].span
             self.err(BadArgument(first, f"{comp.name} comes with its own splits "
                                  f"({', '.join(shape['splits'])}): drop the split clause"))
+        elif decl.split and shape:  # a dataset built from this one (`of: NAME`) sees its split names
+            self.data_shapes[name] = {**shape, "splits": tuple(p.name for p in decl.split)}
 
     def splits_of(self, decl) -> list[str]:
-        """The split names of a data declaration: its `split` clause, else those its dataset comes with."""
-        return [p.name for p in decl.split] or list((self.data_shapes.get(decl.name) or {}).get("splits", ()))
+        """The split names of a data declaration: those its dataset comes with, else its `split` clause."""
+        own = (self.data_shapes.get(decl.name) or {}).get("splits")  # a clause beside them is an error
+        return list(own) if own else [p.name for p in decl.split]
 
     def _splits(self, decl):
         seen, total = set(), 0.0
@@ -237,9 +247,6 @@ class _Checker:
             self.err(OutOfRange(found["unroll"].span, f"unroll must be >= 1, got {found['unroll'].k}"))
         if "data" in found:
             self.data_ref(found["data"].ref, found["data"].batch, found["data"].span)
-        if "augment" in found:
-            self.err(UnknownComponent(found["augment"].call.func.span,
-                                      f"unknown augmentation '{found['augment'].call.func.dotted}' (known: none yet)"))
         for ident in found["unroll"].update if "unroll" in found else ():
             if ident.name not in self.of((ast.ModelDecl, ast.HeadDecl)):
                 self.err(UnknownName(ident.span, f"'{ident.name}' is not a model or head",
@@ -253,6 +260,8 @@ class _Checker:
             known = f"declared: {', '.join(decls)}" if decls else "no data is declared"
             self.err(UnknownName(ref.span, f"unknown data '{name}' ({known})", hint=did_you_mean(name, decls)))
             return None
+        if not decls[name].split and name not in self.data_shapes:
+            return None                                 # its dataset did not check: its own error says why
         splits = self.splits_of(decls[name])
         if split is None and splits:
             self.err(MissingPart(ref.span, f"'{name}' is split into {', '.join(splits)}: name one, "
@@ -265,28 +274,50 @@ class _Checker:
             self.err(OutOfRange(span, f"batch must be >= 1, got {batch}"))
         return self.data_shapes.get(name)
 
-    def expressions(self):
-        for key, found in self.stages.items():
-            shapes = self.data_ref_shapes(found.get("data"))
-            if "loss" in found:
-                self.scalar(found["loss"].expr, shapes, f"the {found['_node'].kind} loss")
-        objective = self.singles.get("meta_objective")
-        if objective is not None:
-            shapes = self.data_shapes.get(objective.on.parts[0]) if self.data_ref(objective.on, None, None) else None
-            self.scalar(objective.expr, shapes, "the meta-objective")
+    def let_table(self):
+        """Per let, in dependency order: the lets it depends on (transitively) and whether it reads the
+        batch; then the shape of every let that does not (computed once, so chains never recurse deep)."""
+        lets, self.let_deps, self.batch_lets = self.of(ast.LetDecl), {}, set()
+        for name in self.let_order_names:
+            direct = _refs(lets[name].value) | _calls(lets[name].value)
+            deps = set()
+            for d in direct & set(lets):
+                deps |= {d} | self.let_deps.get(d, set())
+            self.let_deps[name] = deps
+            if direct & set(INPUTS) or deps & self.batch_lets:
+                self.batch_lets.add(name)
         for name in self.let_order_names:
             decl = self.decls[name]
-            if self._reads_batch(decl.value):  # its shape depends on the stage using it: names and arity only
+            if name in self.batch_lets:  # its shape depends on the stage using it: names and arity only
                 self.shape(decl.value, {"x": None, "y": None})
             else:
                 self.let_shapes[name] = self.shape(decl.value, {})
 
-    def _reads_batch(self, expr, seen=frozenset()) -> bool:
-        """Whether an expression reads x or y, directly or through lets (cycles already reported)."""
-        lets = self.of(ast.LetDecl)
-        names = _refs(expr) | _calls(expr)
-        return bool(names & set(INPUTS)) or any(
-            self._reads_batch(lets[n].value, seen | {n}) for n in names if n in lets and n not in seen)
+    def expressions(self):
+        self.let_table()
+        for key, found in self.stages.items():
+            shapes = self.data_ref_shapes(found.get("data"))
+            if "loss" in found:
+                self.scalar(found["loss"].expr, shapes, f"the {found['_node'].kind} loss")
+            if "augment" in found:
+                self.augment(found["augment"].call, shapes)
+        objective = self.singles.get("meta_objective")
+        if objective is not None:
+            shapes = self.data_shapes.get(objective.on.parts[0]) if self.data_ref(objective.on, None, None) else None
+            self.scalar(objective.expr, shapes, "the meta-objective")
+
+    def augment(self, call, data_shapes):
+        """An `augment` clause: its constants checked like any component's, its tensor parameters (a
+        meta-parameter, a meta network of x) as expressions giving one number or one per example."""
+        checked = self.component(AUGMENTATIONS, call)
+        scope = {"x": data_shapes["x"], "y": data_shapes["y"]} if data_shapes else {"x": None, "y": None}
+        for name, value in (checked or {"args": {}})["args"].items():
+            if not attrs.has(type(value)):        # a constant (or a default)
+                continue
+            shape = self.shape(value, scope)
+            if shape is not None and shape not in ((), (1,), (B,), (B, 1)):
+                self.err(ShapeMismatch(value.span, f"'{name}' must be one number or one per example, "
+                                       f"but has shape {_fmt(shape)}"))
 
     def data_ref_shapes(self, clause):
         return None if clause is None else self.data_shapes.get(clause.ref.parts[0])
@@ -363,7 +394,15 @@ class _Checker:
             return self.let_shapes[decl.name]
         if decl.name in self.cyclic:
             return None
-        return self.shape(decl.value, scope)
+        key = (scope.get("x"), scope.get("y"))
+        try:
+            hash(key)
+        except TypeError:
+            return self.shape(decl.value, scope)
+        for name in [*(n for n in self.let_order_names if n in self.let_deps.get(decl.name, ())), decl.name]:
+            if (name, key) not in self.scoped_shapes:  # dependencies first: the recursion stays shallow
+                self.scoped_shapes[name, key] = self.shape(self.decls[name].value, scope)
+        return self.scoped_shapes[decl.name, key]
 
     def shape_Call(self, expr, scope):
         name = expr.func.dotted
@@ -401,11 +440,12 @@ class _Checker:
         return out
 
     def _record_in_dim(self, name, in_shape, expr):
-        if in_shape is None or len(in_shape) != 2:
+        if in_shape is None or len(in_shape) < 2:
             return
-        previous = self.in_dims.setdefault(name, in_shape[1])
-        if previous != in_shape[1]:
-            self.err(ShapeMismatch(expr.span, f"'{name}' is applied to {in_shape[1]} features here but to "
+        dim = in_shape[1] if len(in_shape) == 2 else tuple(in_shape[1:])  # features, or (channels, ...)
+        previous = self.in_dims.setdefault(name, dim)
+        if previous != dim:
+            self.err(ShapeMismatch(expr.span, f"'{name}' is applied to {dim} features here but to "
                                    f"{previous} elsewhere"))
 
     def _rule(self, rule, expr, args, shapes):
@@ -429,13 +469,14 @@ class _Checker:
             self._train(train)
         ev = self.singles.get("evaluate")
         if ev is not None:
-            self.component(PROTOCOLS, ev.call)
+            protocol = self.component(PROTOCOLS, ev.call)
             for ident in ev.against:
                 if ident.name not in BASELINES:
                     self.err(UnknownComponent(ident.span, f"unknown baseline '{ident.name}' "
                                               f"(known: {', '.join(BASELINES.names())})",
                                               hint=did_you_mean(ident.name, BASELINES.names())))
-            self._evaluation_splits(ev)
+            if protocol is None or protocol["name"] == "finetune":
+                self._evaluation_splits(ev)
 
     def _evaluation_splits(self, ev):
         """The protocol fine-tunes on the meta-objective's dataset: it needs train, val and test splits."""
@@ -443,7 +484,14 @@ class _Checker:
         decl = self.of(ast.DataDecl).get(objective.on.parts[0]) if objective else None
         if decl is None:
             return
-        missing = [s for s in ("train", "val", "test") if s not in self.splits_of(decl)]
+        checked = self.args.get(id(ev.call)) or {}
+        prefix = "heldout_" if (checked.get("args") or {}).get("tasks") == "heldout" else ""
+        if prefix and not any(s.startswith(prefix) for s in self.splits_of(decl)):
+            self.err(MissingPart(ev.span, f"evaluate(tasks: heldout) fine-tunes on the held-out tasks of "
+                                 f"'{decl.name}', which has none",
+                                 note=f"e.g. data {decl.name} = tasks.heldout(of: ft_all, groups: 4, fold: 0)"))
+            return
+        missing = [s for s in ("train", "val", "test") if prefix + s not in self.splits_of(decl)]
         if missing:
             self.err(MissingPart(ev.span, f"evaluate fine-tunes on '{decl.name}', which needs the splits "
                                  f"train, val and test (missing: {', '.join(missing)})",
@@ -506,8 +554,8 @@ class _Checker:
         if self.errors:
             raise SpecErrors(_dedupe(self.errors), "")
         metas = set(self.of(ast.MetaDecl))
-        meta_only = frozenset(n for n in self.let_order_names
-                              if _free(self.decls[n].value, self.of(ast.LetDecl)) <= metas)
+        lets, memo = self.of(ast.LetDecl), {}
+        meta_only = frozenset(n for n in self.let_order_names if _free(self.decls[n].value, lets, memo) <= metas)
         return Checked(self.spec, self.decls, self.args, self.stages, self.in_dims, self.data_shapes,
                        self.space_sizes, self.let_order_names, meta_only)
 
@@ -596,12 +644,19 @@ def _calls(expr) -> set:
     return found
 
 
-def _free(expr, lets) -> set:
-    """Names an expression depends on, through lets (inputs, metas, modules)."""
+def _free(expr, lets, memo=None) -> set:
+    """Names an expression depends on, through lets (inputs, metas, modules); `memo` caches per let."""
+    memo = {} if memo is None else memo
     names = _refs(expr) | _calls(expr)
     out = set()
     for n in names:
-        out |= _free(lets[n].value, lets) if n in lets else {n}
+        if n in lets:
+            if n not in memo:
+                memo[n] = set()  # a cycle (already reported) stops here
+                memo[n] = _free(lets[n].value, lets, memo)
+            out |= memo[n]
+        else:
+            out.add(n)
     return out - set(FUNCTIONS.names())
 
 

@@ -81,7 +81,19 @@ class Index:
     index: "IExpr"
 
 
-IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index]
+@frozen
+class Augmented:
+    """`body` evaluated with the batch's x replaced by `augment(x, **args)` (the `augment` clause).
+
+    `args` maps each parameter to a constant or, for tensor parameters, an IR expression (meta-parameters,
+    a meta network of the raw x, ...)."""
+
+    augment: str
+    args: dict
+    body: "IExpr"
+
+
+IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index, Augmented]
 
 
 # ---- the plan ------------------------------------------------------------------------------------
@@ -125,6 +137,7 @@ class MetaParam:
     init: float
     bounds: tuple[float, float] | None
     network: Component | None
+    in_dim: Any = None  # a network's inferred input: features, or the per-example shape (channels, ...)
 
 
 @frozen

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
+
 from mptc.compiler import ast, ir
 from mptc.compiler.check import DEFAULT_OPTIMIZER, TRAIN_OPTIONS, Checked, _calls, _free, check
 from mptc.compiler.parse import parse
@@ -36,6 +38,9 @@ class _Lower:
         self.c = c
         self.metas = {n for n, d in c.decls.items() if isinstance(d, ast.MetaDecl)}
         self.lets = {n: d for n, d in c.decls.items() if isinstance(d, ast.LetDecl)}
+        self.free = {}  # let -> the names it depends on; filled dependencies first, so chains stay shallow
+        for n in c.let_order:
+            self.free[n] = _free(self.lets[n].value, self.lets, self.free)
 
     def expr(self, e) -> ir.IExpr:
         if isinstance(e, ast.Number):
@@ -62,7 +67,7 @@ class _Lower:
                 shapes = self.c.data_shapes[name]
                 splits = tuple((p.name, float(fold(p.fraction))) for p in d.split)
                 yield ir.DataSource(name, _component(self.c.args[id(d.source)]), splits,
-                                    shapes["x"][1], shapes["y"][1])
+                                    _per_example(shapes["x"]), shapes["y"][1])
 
     def modules(self):
         for name, d in self.c.decls.items():
@@ -85,7 +90,7 @@ class _Lower:
         network = _component(self.c.args[id(t.component)]) if isinstance(t, ast.NetworkType) else None
         bounds = tuple(float(fold(b)) for b in d.bounds) if d.bounds else None
         init = float(fold(d.init)) if d.init is not None else 0.0
-        return ir.MetaParam(name, kind, size, init, bounds, network)
+        return ir.MetaParam(name, kind, size, init, bounds, network, self.c.in_dims.get(name) if network else None)
 
     def data_ref(self, clause_or_ref, batch):
         ref = clause_or_ref.ref if isinstance(clause_or_ref, ast.DataClause) else clause_or_ref
@@ -105,10 +110,18 @@ class _Lower:
             update = tuple(i.name for i in found["unroll"].update) if "unroll" in found else ()
             trains = update or tuple(m for m in modules if m not in pt_modules)
         steps = found["steps"].n if "steps" in found else DEFAULT_STEPS[kind]
-        return ir.StagePlan(kind, data, self.expr(found["loss"].expr), optimizer, steps, unroll, trains)
+        loss = self.expr(found["loss"].expr)
+        if "augment" in found:                          # x is augmented before the loss reads it
+            loss = self.augmented(found["augment"].call, loss)
+        return ir.StagePlan(kind, data, loss, optimizer, steps, unroll, trains)
+
+    def augmented(self, call, body) -> ir.Augmented:
+        checked = self.c.args[id(call)]
+        args = {k: self.expr(v) if attrs.has(type(v)) else v for k, v in checked["args"].items()}
+        return ir.Augmented(checked["name"], args, body)
 
     def modules_in(self, expr) -> tuple[str, ...]:
-        names = _free(expr, self.lets) | _calls(expr)
+        names = _free(expr, self.lets, self.free) | _calls(expr)
         return tuple(n for n, d in self.c.decls.items()
                      if n in names and isinstance(d, (ast.ModelDecl, ast.HeadDecl)))
 
@@ -155,6 +168,11 @@ class _Lower:
             evaluate=self.evaluate(),
             hg_check_every=hg.check_every if hg else None,
         )
+
+
+def _per_example(shape):
+    """The per-example part of a batch shape: features, or (channels, ...) for signals and images."""
+    return shape[1] if len(shape) == 2 else tuple(shape[1:])
 
 
 def _single(spec, kind):

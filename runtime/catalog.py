@@ -9,7 +9,7 @@ A user adds a component the same way, e.g. `MODELS.register("mynet", [Param(...)
 """
 from __future__ import annotations
 
-from mptc.runtime.registry import (BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
+from mptc.runtime.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, SOLVERS, Param)
 from mptc.runtime.graphshapes import JK_MODES, POOLS, GraphFeatures, gin_features, is_graph
 
@@ -56,6 +56,41 @@ MODELS.register("linear", [Param("out", "int", min=1), Param("in", "int", None, 
                 target="mptc.runtime.models:linear", doc="One linear map.", shape=_dense(lambda a: a["out"]))
 
 
+def _conv_shape(axes: int):
+    """The shape rule of a CNN over `axes` spatial axes: [batch, channels, *axes] -> [batch, features]."""
+    def rule(args, in_shape):
+        if in_shape is None:
+            return (B, args["channels"][-1]) if args["pool"] != "flatten" else None
+        if len(in_shape) != 2 + axes or is_graph(in_shape):
+            want = "[batch, channels, length]" if axes == 1 else "[batch, channels, height, width]"
+            raise ShapeProblem(f"expects inputs of shape {want}, got {_fmt(in_shape)}")
+        if args["pool"] != "flatten":
+            return (B, args["channels"][-1])
+        sizes = list(in_shape[2:])
+        for _ in args["channels"]:
+            sizes = [(n + 2 * (args["kernel"] // 2) - args["kernel"]) // args["stride"] + 1 for n in sizes]
+        out = args["channels"][-1]
+        for n in sizes:
+            out *= n
+        return (B, out)
+    return rule
+
+
+def _cnn_params(channels, kernel, stride):
+    return [Param("channels", "ints", channels, min=1, doc="output channels of each conv layer"),
+            Param("kernel", "int", kernel, min=1), Param("stride", "int", stride, min=1),
+            Param("pool", "choice", "avg", choices=("avg", "max", "flatten"),
+                  doc="global average/max over the spatial axes, or flatten them"),
+            Param("activation", "choice", "relu", choices=_ACTS),
+            Param("norm", "choice", "none", choices=("none", "batch"))]
+
+
+MODELS.register("cnn2d", _cnn_params([16, 32, 32, 32], 3, 1), target="mptc.runtime.models:cnn2d",
+                shape=_conv_shape(2), doc="A 2-D CNN for images [batch, channels, height, width].")
+MODELS.register("cnn1d", _cnn_params([32, 32, 32, 32], 7, 2), target="mptc.runtime.models:cnn1d",
+                shape=_conv_shape(1), doc="A 1-D CNN for signals [batch, channels, length] (e.g. 12-lead ECGs).")
+
+
 def _gin_shape(args, in_shape):
     if in_shape is not None and not is_graph(in_shape):
         raise ShapeProblem(f"expects a batch of graphs (graphs.* data), got {_fmt(in_shape)}")
@@ -90,8 +125,8 @@ def _multitask_ft_shape(args, _):
     return {"x": args["of"]["x"], "y": (B, args["tasks"])}
 
 
-def _graph_shape(nodes, edges, tasks):
-    return {"x": (B, GraphFeatures(nodes, edges)), "y": (B, tasks)}
+def _graph_shape(nodes, edges, tasks, splits=()):
+    return {"x": (B, GraphFeatures(nodes, edges)), "y": (B, tasks), **({"splits": splits} if splits else {})}
 
 
 _GRAPH_TASK = Param("task", "choice", "pretrain", choices=("pretrain", "finetune"),
@@ -100,7 +135,8 @@ DATASETS.register("graphs.bio", [
     Param("root", "path", doc="the folder holding supervised/processed/geometric_data_processed.pt"),
     _GRAPH_TASK, Param("seed", "int", 42, doc="the published random_split seed"),
 ], target="mptc.runtime.graphs:bio",
-    shape=lambda a, _: _graph_shape(1, 9, 5000 if a["task"] == "pretrain" else 40),
+    shape=lambda a, _: _graph_shape(1, 9, 5000, ()) if a["task"] == "pretrain" else
+    _graph_shape(1, 9, 40, ("train", "val", "test", "test_easy", "all")),
     doc="pretrain-gnns bio ego-networks (PyG 1.x file converted and cached); species split, human = FT test.")
 DATASETS.register("graphs.synthetic", [
     Param("graphs", "int", min=2), Param("pt_tasks", "int", min=1), Param("related", "int", min=0),
@@ -110,8 +146,8 @@ DATASETS.register("graphs.synthetic", [
     Param("max_count", "int", 3, min=1), Param("node_dim", "int", 3, min=1), Param("edge_dim", "int", 2, min=0),
     Param("noise", "float", 0.1, min=0), Param("ft_split", "floats", [0.2, 0.2, 0.6]), Param("seed", "int", 0),
 ], target="mptc.runtime.graphs:synthetic_graphs",
-    shape=lambda a, _: _graph_shape(a["node_dim"], a["edge_dim"],
-                                    a["pt_tasks"] if a["task"] == "pretrain" else a["ft_tasks"]),
+    shape=lambda a, _: _graph_shape(a["node_dim"], a["edge_dim"], a["pt_tasks"]) if a["task"] == "pretrain" else
+    _graph_shape(a["node_dim"], a["edge_dim"], a["ft_tasks"], ("train", "val", "test", "all")),
     doc="Random graphs with planted motifs; PT tasks on FT-related motifs, unrelated motifs or noise.")
 DATASETS.register("synthetic.multitask", [
     Param("examples", "int", min=2), Param("dim", "int", min=1), Param("tasks", "int", min=1),
@@ -126,6 +162,35 @@ DATASETS.register("synthetic.multitask_ft", [
     Param("seed", "int", 0),
 ], target="mptc.runtime.datasets:synthetic_multitask_ft", shape=_multitask_ft_shape,
     doc="The FT companion of a synthetic.multitask set: new tasks on its related factors.")
+
+def heldout_columns(tasks: int, groups: int, fold: int) -> list[int]:
+    """The task columns held out of meta-training: group ``fold mod groups`` of ``groups`` contiguous,
+    near-equal groups (``numpy.array_split`` sizes), so varying ``fold`` with a seed cycles the groups.
+
+        >>> heldout_columns(40, 4, 1), heldout_columns(5, 2, 2)
+        ([10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [0, 1, 2])
+    """
+    if not 2 <= groups <= tasks:
+        raise ShapeProblem(f"groups must be in 2..{tasks} (the source's tasks), got {groups}")
+    g, (size, extra) = fold % groups, divmod(tasks, groups)
+    start = g * size + min(g, extra)
+    return list(range(start, start + size + (g < extra)))
+
+
+def _heldout_shape(args, _):
+    source = args["of"]
+    tasks = source["y"][-1]
+    kept = tasks - len(heldout_columns(tasks, args["groups"], args["fold"]))
+    splits = tuple(source.get("splits", ("all",)))
+    return {"x": source["x"], "y": (B, kept), "splits": (*splits, *(f"heldout_{s}" for s in splits))}
+
+
+DATASETS.register("tasks.heldout", [
+    Param("of", "dataset", doc="the FT dataset whose task columns are divided"),
+    Param("groups", "int", 4, min=2, doc="contiguous groups of task columns (40 FT tasks / 4: 10 held out)"),
+    Param("fold", "int", 0, min=0, doc="the group held out of meta-training (taken mod groups)"),
+], target="mptc.runtime.data:heldout_tasks", shape=_heldout_shape,
+    doc="Partial FT access: each split S of `of` with the seen task columns, and heldout_S with the held-out ones.")
 
 # real data and their offline stand-ins (runtime/ecg.py, runtime/images.py; imported only when built)
 def _ecg_shape(args, _):
@@ -162,6 +227,13 @@ DATASETS.register("ecg.synthetic", [
 DATASETS.register("images.digits", [
     Param("size", "int", 8, min=1, doc="side of the (bilinearly resampled) images"),
     Param("flatten", "bool", False, doc="x as [batch, size * size] vectors (for MLPs)"),
+    Param("portion", "floats", [0.0, 1.0], min=0, max=1,
+          doc="[start, stop): the slice of a seeded permutation of the 1797 images kept (disjoint PT/FT sets)"),
+    Param("rotate", "float", 0.0, doc="rotate every image by an angle ~ N(rotate, rotate_sigma^2), degrees"),
+    Param("rotate_sigma", "float", 0.0, min=0),
+    Param("corrupt", "float", 0.0, min=0, max=1,
+          doc="fraction of labels replaced by another class at random; info['clean'] marks the others"),
+    Param("seed", "int", 0, min=0, doc="the permutation, the angles and the corruption"),
 ], target="mptc.runtime.images:digits", shape=_image_shape,
     doc="scikit-learn's 1797 8x8 handwritten digits (bundled), one-hot labels; split all.")
 DATASETS.register("images.mnist", [
@@ -207,7 +279,8 @@ def _per_example(args, shapes):
 
 
 _T = Param("input", "tensor")
-for _name in ("sigmoid", "softmax", "log_softmax", "exp", "log", "tanh", "relu", "abs", "softplus", "sqrt"):
+for _name in ("sigmoid", "softmax", "log_softmax", "exp", "log", "tanh", "relu", "abs", "softplus", "sqrt",
+              "detach"):
     FUNCTIONS.register(_name, [_T], target=f"mptc.runtime.functions:{_name}", shape=_same)
 for _name, _doc in (("bce", "binary cross-entropy with logits, per element"),
                     ("mse", "squared error, per element")):
@@ -218,6 +291,28 @@ FUNCTIONS.register("ce", [Param("logits", "tensor"), Param("target", "tensor")],
                    doc="softmax cross-entropy against class indices, per example")
 for _name in ("mean", "sum"):
     FUNCTIONS.register(_name, [_T], target=f"mptc.runtime.functions:{_name}", shape=_scalar)
+
+
+# ---- augmentations (the `augment` clause; "tensor" parameters take expressions: meta-parameters, ...) --
+_PER_EXAMPLE = "one number, or one per example (e.g. a meta network's output)"
+AUGMENTATIONS.register("rotate", [Param("mean", "tensor", 0.0, doc="degrees; " + _PER_EXAMPLE),
+                                  Param("std", "tensor", 0.0, doc="degrees")],
+                       target="mptc.runtime.augment:ROTATE",
+                       doc="Images rotated by a ~ N(mean, std^2) degrees, a = mean + std * eps (affine grid + sampling).")
+AUGMENTATIONS.register("jitter", [Param("std", "tensor", 0.01, doc=_PER_EXAMPLE)],
+                       target="mptc.runtime.augment:JITTER", doc="x + std * eps, eps ~ N(0, I).")
+AUGMENTATIONS.register("crop", [Param("keep", "tensor", 0.5, doc="fraction of the length kept; " + _PER_EXAMPLE),
+                                Param("softness", "float", 2.0, min=0, min_exclusive=True,
+                                      doc="width of the window's sigmoid edges, in samples"),
+                                Param("mode", "choice", "keep", choices=("keep", "zero"),
+                                      doc="keep the random window and zero the rest, or zero the window")],
+                       target="mptc.runtime.augment:CROP",
+                       doc="A random window along the last axis kept (the rest zeroed), differentiable in keep.")
+AUGMENTATIONS.register("warp", [Param("strength", "tensor", 0.01, doc="displacement scale, fraction of the length; "
+                                      + _PER_EXAMPLE),
+                                Param("knots", "int", 8, min=2, doc="knots of the random displacement field")],
+                       target="mptc.runtime.augment:WARP",
+                       doc="Temporal warp: resampled at t + strength * d(t), d a smooth random field.")
 
 
 # ---- optimizers ----------------------------------------------------------------------------------
@@ -274,9 +369,21 @@ PROTOCOLS.register("finetune", [
     Param("seeds", "int", 5, min=1), Param("lr", "float", 1e-3, min=0, min_exclusive=True),
     Param("batch", "int", 128, min=1), Param("mode", "choice", "full", choices=("full", "linear")),
     Param("patience", "int", 10, min=1),
+    Param("tasks", "choice", "seen", choices=("seen", "heldout"),
+          doc="heldout: fine-tune on the heldout_* splits (tasks.heldout data): partial FT access"),
 ], target="mptc.runtime.evaluate:finetune_evaluate",
     doc="Fine-tune the pre-trained encoder with a fresh head per seed, early-stopped on FT-val.")
+PROTOCOLS.register("restarts", [
+    Param("inits", "floats", doc="initial values of the scalar meta-parameter, one meta-training run each"),
+    Param("meta", "str", None, doc="which scalar meta-parameter (default: the only one)"),
+], target="mptc.runtime.headlines:restarts",
+    doc="Meta-train again from each initial value and report where each ends (rotation_error_deg when the "
+        "meta-objective's data is rotated).")
 BASELINES.register("no_pretrain", [], target="mptc.runtime.executor:no_pretrain",
                    doc="The encoder at its initialisation.")
 BASELINES.register("pretrain", [], target="mptc.runtime.executor:plain_pretrain",
                    doc="The same PT budget with the meta-parameters fixed at their initial values.")
+BASELINES.register("cotrain", [], target="mptc.runtime.baselines:cotrain",
+                   doc="One network on PT and FT labels, alternating batches, the same budget.")
+BASELINES.register("cotrain_pcgrad", [], target="mptc.runtime.baselines:cotrain_pcgrad",
+                   doc="Co-training with PCGrad projection between the PT and FT gradients.")

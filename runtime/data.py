@@ -14,6 +14,30 @@ from mptc.runtime.registry import DATASETS
 _STREAMS = ("pretrain", "finetune", "objective")
 
 
+def heldout_tasks(of, groups: int = 4, fold: int = 0):
+    """Partial FT access (Raghu et al. 2021, Table 1): the task columns of ``of`` divided into
+    ``groups`` contiguous groups, group ``fold mod groups`` held out of meta-training. Every split
+    ``S`` of ``of`` becomes ``S`` with the seen columns and ``heldout_S`` with the held-out ones;
+    ``info["seen"]`` and ``info["heldout"]`` name the columns.
+
+        >>> from mptc.runtime.datasets import Dataset
+        >>> ds = heldout_tasks(Dataset({"train": (torch.zeros(3, 2), torch.eye(3, 4))}, {}), groups=2, fold=1)
+        >>> {k: tuple(y.shape) for k, (x, y) in ds.splits.items()}, ds.info["heldout"]
+        ({'train': (3, 2), 'heldout_train': (3, 2)}, [2, 3])
+    """
+    from mptc.runtime.catalog import ShapeProblem, heldout_columns
+    from mptc.runtime.datasets import Dataset
+    tasks = next(iter(of.splits.values()))[1].shape[1]
+    try:
+        held = heldout_columns(tasks, groups, fold)
+    except ShapeProblem as e:
+        raise ValueError(str(e)) from None
+    seen = [c for c in range(tasks) if c not in set(held)]
+    splits = {s: (x, y[:, seen]) for s, (x, y) in of.splits.items()}
+    splits.update({f"heldout_{s}": (x, y[:, held]) for s, (x, y) in of.splits.items()})
+    return Dataset(splits, {**of.info, "seen": seen, "heldout": held})
+
+
 def _build(source: ir.DataSource, built: dict):
     comp = DATASETS.get(source.source.name)
     args = dict(source.source.args)
@@ -30,6 +54,15 @@ def _build(source: ir.DataSource, built: dict):
         from mptc.runtime.datasets import split
         ds = split(ds, dict(source.splits), seed=args.get("seed", 0) or 0)
     return ds
+
+
+def heldout_splits(splits: dict, name: str) -> dict:
+    """``{S: heldout_S}``: the held-out task columns of a :func:`heldout_tasks` dataset's splits."""
+    out = {s[len("heldout_"):]: xy for s, xy in splits.items() if s.startswith("heldout_")}
+    if not out:
+        raise RunError(f"evaluate(tasks: heldout) needs held-out tasks, but data '{name}' has none: "
+                       f"build it with tasks.heldout(of: ...)")
+    return out
 
 
 class Data:

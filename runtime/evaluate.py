@@ -97,12 +97,45 @@ def finetune_evaluate(encoder: torch.nn.Module, splits: dict[str, tuple[Tensor, 
     _check_args(splits, metric, mode)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, data = _prepare(copy.deepcopy(encoder), splits, mode)
+        encoder = copy.deepcopy(encoder)
+        recalibrate(encoder, splits["train"][0], batch)
+        model, data = _prepare(encoder, splits, mode)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         best = _fit(model, opt, data, METRICS[metric], epochs, batch, patience, gen)
         model.load_state_dict(best)
         return _score(model, data["test"], METRICS[metric])
+
+
+def recalibrate(encoder: torch.nn.Module, x, batch: int = 128) -> None:
+    """Re-estimate the batch-norm running statistics of ``encoder`` in place from ``x`` (the average
+    over batches of ``batch`` examples, other layers in eval mode); a no-op without batch norm.
+
+    A run's state holds parameters only, so an encoder rebuilt from it carries whatever running
+    statistics its module last saw (another method's, or none): evaluation re-estimates them for the
+    weights at hand before fine-tuning or extracting frozen features.
+
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+        >>> recalibrate(net, torch.randn(64, 2) + 5); bool(net[1].running_mean.abs().sum() > 0)
+        True
+    """
+    norms = [m for m in encoder.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    was_training, momenta = encoder.training, [m.momentum for m in norms]
+    encoder.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+        m.train()
+    with torch.no_grad():
+        for idx in torch.arange(len(x)).split(batch):
+            if len(idx) > 1:  # batch norm needs two examples
+                encoder(x[idx])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    encoder.train(was_training)
 
 
 def _check_args(splits: dict, metric: str, mode: str) -> None:

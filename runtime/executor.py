@@ -178,7 +178,7 @@ class Trainer:
             new, state.meta_opt = self.meta_opt.update([state.metas[n] for n in names],
                                                        [hg[n] for n in names], state.meta_opt)
         bounds = {m.name: m.bounds for m in self.plan.metas}
-        state.metas = {n: _clamp(t, bounds[n]).detach().requires_grad_() for n, t in zip(names, new)}
+        state.metas = {n: _clamp(t, bounds.get(n)).detach().requires_grad_() for n, t in zip(names, new)}
 
 
 def _timed(fn, *args):
@@ -311,7 +311,10 @@ def _encoder(trainer: Trainer, state: State) -> torch.nn.Module:
     if len(names) != 1:
         raise RunError(f"evaluation needs exactly one module shared by pretrain and finetune, found {names}")
     module = copy.deepcopy(trainer.prog.modules[names[0]])
-    module.load_state_dict(_module_state(trainer.prog, state.params, names[0]))
+    # run state holds parameters only; buffers (batch-norm running stats) are re-estimated by evaluation
+    missing = module.load_state_dict(_module_state(trainer.prog, state.params, names[0]), strict=False).missing_keys
+    if set(missing) - {n for n, _ in module.named_buffers()}:
+        raise RunError(f"evaluation: the run state lacks parameters {sorted(missing)}")
     return module
 
 
@@ -367,6 +370,7 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
         search = trainer.estimator.name == "search"
         bar_ctx, bar = _progress(trainer.estimator.args["trials"] if search else plan.train.meta_steps,
                                  progress, "trial" if search else "meta-step")
+        t_run = time.perf_counter()
         try:
             with bar_ctx:
                 if search:
@@ -376,16 +380,22 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
                     state = meta_train(trainer, trainer.init_state(), log, bar)
         finally:
             log.close()
+        train_s = {"search" if search else "meta": time.perf_counter() - t_run}   # wall time, for compare
         write_json(tmp / "meta.json", {n: _to_list(v) for n, v in prog.meta_values(state.metas).items()})
         torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
                     "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
         write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
-        if plan.evaluate is not None:
+        if plan.evaluate is not None and plan.evaluate.protocol.name == "finetune":
             states = {"search" if search else "meta": state}
             for name in plan.evaluate.baselines:
                 data.reseed(plan.train.seed)
                 torch.manual_seed(plan.train.seed)
                 from mptc.runtime.registry import BASELINES
+                t_run = time.perf_counter()
                 states[name] = BASELINES.get(name).load()(trainer)
-            write_json(tmp / "eval.json", evaluate(trainer, states))
+                train_s[name] = time.perf_counter() - t_run
+            results = evaluate(trainer, states)
+            write_json(tmp / "eval.json", {m: {**r, "train_s": round(train_s[m], 3)} for m, r in results.items()})
+        from mptc.runtime.headlines import add_headlines
+        add_headlines(trainer, state, tmp / "eval.json")    # the paper's figures, where the data knows them
     return out

@@ -49,9 +49,12 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return out.clamp_(0, 1)
 
 
-def digits(size: int = 8, flatten: bool = False) -> Dataset:
+def digits(size: int = 8, flatten: bool = False, portion=(0.0, 1.0), rotate: float = 0.0,
+           rotate_sigma: float = 0.0, corrupt: float = 0.0, seed: int = 0) -> Dataset:
     """scikit-learn's 1797 handwritten digits (UCI optdigits test set), split ``"all"``, at ``size x size``
-    (``flatten``: as ``[N, size * size]`` vectors, for MLPs).
+    (``flatten``: as ``[N, size * size]`` vectors, for MLPs). ``portion``, ``rotate``/``rotate_sigma``
+    (degrees) and ``corrupt`` (label noise) select and alter them: see
+    :func:`mptc.runtime.augment.image_variant`.
 
         >>> digits().info["classes"][:3], tuple(digits(flatten=True).splits["all"][0].shape)
         (['0', '1', '2'], (1797, 64))
@@ -62,7 +65,10 @@ def digits(size: int = 8, flatten: bool = False) -> Dataset:
         raise ValueError(f"size must be positive, got {size}")
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]  # pixel values 0..16
-    return Dataset({"all": (_shaped(resize(x, size), flatten), one_hot(bunch.target))}, _info("sklearn.digits", size))
+    from mptc.runtime.augment import image_variant
+    x, labels, extra = image_variant(resize(x, size), torch.from_numpy(bunch.target), portion, rotate,
+                                     rotate_sigma, corrupt, seed)
+    return Dataset({"all": (_shaped(x, flatten), one_hot(labels))}, {**_info("sklearn.digits", size), **extra})
 
 
 def _shaped(x: torch.Tensor, flatten: bool) -> torch.Tensor:

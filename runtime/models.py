@@ -37,3 +37,61 @@ def mlp_head(hidden, out: int, in_dim: int, activation: str = "relu", **_) -> nn
 def linear(out: int, in_dim: int, bias: bool = True, **_) -> nn.Module:
     """One linear map."""
     return nn.Linear(in_dim, out, bias=bias)
+
+
+# ---- convolutional encoders (images: cnn2d, signals such as 12-lead ECGs: cnn1d) -------------------
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """The length of one spatial axis after a convolution with padding kernel // 2 (odd kernels keep the
+    size at stride 1).
+
+        >>> conv_out(1000, 7, 2), conv_out(8, 3, 1)
+        (500, 8)
+    """
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+class _Readout(nn.Module):
+    """Global average or max pooling over the spatial axes, or flattening them (keeps where things are)."""
+
+    def __init__(self, pool: str):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, h):
+        if self.pool == "flatten":
+            return h.flatten(1)
+        dims = tuple(range(2, h.dim()))
+        return h.mean(dims) if self.pool == "avg" else h.amax(dims)
+
+
+def _cnn(conv, in_dim, channels, kernel, stride, pool, activation, norm) -> nn.Module:
+    c_in = in_dim[0] if isinstance(in_dim, (tuple, list)) else in_dim
+    layers = []
+    for c in channels:
+        layers.append(conv(c_in, c, kernel, stride=stride, padding=kernel // 2))
+        if norm == "batch":
+            layers.append((nn.BatchNorm1d if conv is nn.Conv1d else nn.BatchNorm2d)(c))
+        layers.append(_ACTIVATIONS[activation]())
+        c_in = c
+    return nn.Sequential(*layers, _Readout(pool))
+
+
+def cnn2d(in_dim, channels=(16, 32, 32, 32), kernel: int = 3, stride: int = 1, pool: str = "avg",
+          activation: str = "relu", norm: str = "none", **_) -> nn.Module:
+    """Conv2d layers (padding kernel // 2) each followed by the activation, then `pool` (avg, max or
+    flatten). `in_dim` is the per-example shape (channels, height, width), or the channels alone.
+
+        >>> cnn2d(in_dim=(1, 8, 8), channels=[4, 6])(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 6])
+    """
+    return _cnn(nn.Conv2d, in_dim, channels, kernel, stride, pool, activation, norm)
+
+
+def cnn1d(in_dim, channels=(32, 32, 32, 32), kernel: int = 7, stride: int = 2, pool: str = "avg",
+          activation: str = "relu", norm: str = "none", **_) -> nn.Module:
+    """Conv1d layers over time (e.g. 12 ECG leads as channels), then `pool` (avg, max or flatten).
+
+        >>> cnn1d(in_dim=(12, 1000))(torch.zeros(2, 12, 1000)).shape
+        torch.Size([2, 32])
+    """
+    return _cnn(nn.Conv1d, in_dim, channels, kernel, stride, pool, activation, norm)

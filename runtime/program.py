@@ -3,10 +3,20 @@
 Parameters live in one flat dict `{"module.local_name": tensor}`; a loss is a pure function
 `loss(params, metas, x, y)` evaluated with `torch.func.functional_call`, so estimators can differentiate
 it with respect to any subset of parameters or meta-parameters.
+
+A `meta n: network ...` lives in the metas dict the same way, flat (`"n.0.weight"`, ...): `n(expr)` is a
+functional call over those tensors, so the meta-optimizer and the hypergradient (autograd over the
+metas' values) treat its weights like any other meta-parameter.
+
+Augmentations (`ir.Augmented`, from the `augment` clause) draw their noise from a generator seeded by
+the run's seed, once per batch tensor (`NoiseMemo`): evaluating the loss again on the same batch object
+(the meta-step's IFT on the last PT batch, Hessian-vector products, the PT `unroll` replay) reuses the
+PT step's noise, so the hypergradient is taken at exactly the loss the PT step minimised.
 """
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Callable
 
 import attrs
@@ -14,7 +24,7 @@ import torch
 from torch.func import functional_call
 
 from mptc.compiler import ir
-from mptc.runtime.registry import FUNCTIONS, HEADS, MODELS
+from mptc.runtime.registry import AUGMENTATIONS, FUNCTIONS, HEADS, MODELS
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
 
@@ -36,6 +46,10 @@ class Program:
         self.plan, self.device, self.dtype = plan, device, dtype
         self.modules = {m.name: _build_module(m).to(device=device, dtype=dtype) for m in plan.modules}
         self.keys = {n: [(k, f"{n}.{k}") for k, _ in mod.named_parameters()] for n, mod in self.modules.items()}
+        self.networks = {m.name: _build_network(m).to(device=device, dtype=dtype)
+                         for m in plan.metas if m.kind == "network"}
+        self.net_keys = {n: [(k, f"{n}.{k}") for k, _ in net.named_parameters()] for n, net in self.networks.items()}
+        self.noise_seed, self.memos = plan.train.seed, []
         self.lets: dict[str, Callable] = {}
         for let in plan.lets:
             self.lets[let.name] = self.compile(let.expr)
@@ -46,9 +60,23 @@ class Program:
                 for k, p in mod.named_parameters()}
 
     def init_metas(self) -> dict[str, torch.Tensor]:
-        """Each meta-parameter at its initial value (networks: issue of their own, not yet here)."""
-        return {m.name: torch.full((m.size,) if m.kind != "scalar" else (), m.init, device=self.device,
-                                   dtype=self.dtype).requires_grad_() for m in self.plan.metas}
+        """Each meta-parameter at its initial value; a network's weights (flat, `net.0.weight`) at the
+        initialisation drawn when the program was built, the same on every call."""
+        out = {}
+        for m in self.plan.metas:
+            if m.kind == "network":
+                out.update({full: p.detach().clone().requires_grad_() for (_, full), p in
+                            zip(self.net_keys[m.name], self.networks[m.name].parameters())})
+            else:
+                out[m.name] = torch.full((m.size,) if m.kind != "scalar" else (), m.init, device=self.device,
+                                         dtype=self.dtype).requires_grad_()
+        return out
+
+    def reseed_noise(self, seed: int | None = None) -> None:
+        """Restarts every augmentation's noise stream (from the run's seed by default)."""
+        self.noise_seed = self.plan.train.seed if seed is None else seed
+        for memo in self.memos:
+            memo.reseed(self.noise_seed)
 
     def keys_of(self, modules) -> list[str]:
         return [full for m in modules for _, full in self.keys[m]]
@@ -72,8 +100,27 @@ class Program:
         return lambda c: self.lets[e.name](c)
 
     def _c_Apply(self, e):
-        module, keys, arg = self.modules[e.module], self.keys[e.module], self.compile(e.arg)
+        arg = self.compile(e.arg)
+        if e.module in self.networks:                   # a meta network: its weights are meta-parameters
+            net, keys = self.networks[e.module], self.net_keys[e.module]
+            return lambda c: functional_call(net, {k: c.metas[full] for k, full in keys}, (arg(c),))
+        module, keys = self.modules[e.module], self.keys[e.module]
         return lambda c: functional_call(module, {k: c.params[full] for k, full in keys}, (arg(c),))
+
+    def _c_Augmented(self, e):
+        aug, body = AUGMENTATIONS.get(e.augment).load(), self.compile(e.body)
+        consts = {k: v for k, v in e.args.items() if not attrs.has(type(v))}
+        tensors = {k: self.compile(v) for k, v in e.args.items() if attrs.has(type(v))}
+        memo = NoiseMemo(salt=17 + len(self.memos))
+        memo.reseed(self.noise_seed)
+        self.memos.append(memo)
+
+        def run(c):
+            eps = memo.get(c.x, lambda: aug.noise(tuple(c.x.shape), memo.gen, **consts))
+            args = {k: f(c) for k, f in tensors.items()}  # read the raw batch (e.g. a strength network of x)
+            x = aug.apply(c.x, eps.to(device=c.x.device, dtype=c.x.dtype), **consts, **args)
+            return body(Ctx(c.params, c.metas, x, c.y))
+        return run
 
     def _c_Fn(self, e):
         fn, args = FUNCTIONS.get(e.name).load(), [self.compile(a) for a in e.args]
@@ -97,8 +144,10 @@ class Program:
         return lambda params, metas, x, y: fn(Ctx(params, metas, x, y))
 
     def meta_values(self, metas) -> dict[str, torch.Tensor]:
-        """Raw meta-parameters and the `let` transforms that depend on them alone (e.g. task weights)."""
-        out = {name: t.detach() for name, t in metas.items()}
+        """Raw meta-parameters and the `let` transforms that depend on them alone (e.g. task weights);
+        a meta network's weights are left out (the checkpoint has them)."""
+        nets = {full for keys in self.net_keys.values() for _, full in keys}
+        out = {name: t.detach() for name, t in metas.items() if name not in nets}
         ctx = Ctx({}, metas, None, None)
         with torch.no_grad():
             out.update({let.name: self.lets[let.name](ctx).detach() for let in self.plan.lets if let.meta_only})
@@ -107,6 +156,33 @@ class Program:
 
 def _as_index(i):
     return int(i) if isinstance(i, (int, float)) or (torch.is_tensor(i) and i.dim() == 0) else i.long()
+
+
+class NoiseMemo:
+    """An augmentation's noise: one draw from a seeded generator per batch tensor, reused while that
+    tensor lives (looked up by identity through weak references, so no batch is kept alive)."""
+
+    SIZE = 64
+
+    def __init__(self, salt: int):
+        self.salt = salt
+        self.reseed(0)
+
+    def reseed(self, seed: int) -> None:
+        self.gen, self.entries = torch.Generator().manual_seed(seed * 1000 + self.salt), []
+
+    def get(self, x: torch.Tensor, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self.entries = [(ref, eps) for ref, eps in self.entries if ref() is not None]
+        for ref, eps in self.entries:
+            if ref() is x:
+                return eps
+        eps = draw()
+        self.entries = (self.entries + [(weakref.ref(x), eps)])[-self.SIZE:]
+        return eps
+
+
+def _build_network(m: ir.MetaParam) -> torch.nn.Module:
+    return MODELS.get(m.network.name).load()(**m.network.args, in_dim=m.in_dim)
 
 
 def _build_module(m: ir.Module) -> torch.nn.Module:

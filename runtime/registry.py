@@ -91,9 +91,10 @@ ESTIMATORS = Registry("estimator")    # hypergradient estimators per stage
 SOLVERS = Registry("solver")          # linear solvers inside ift(...)
 PROTOCOLS = Registry("protocol")      # evaluation protocols
 BASELINES = Registry("baseline")
+AUGMENTATIONS = Registry("augmentation")  # differentiable input transforms of the `augment` clause
 
 ALL = {r.kind: r for r in (MODELS, HEADS, DATASETS, OPTIMIZERS, FUNCTIONS, ESTIMATORS, SOLVERS,
-                           PROTOCOLS, BASELINES)}
+                           PROTOCOLS, BASELINES, AUGMENTATIONS)}
 
 
 def catalog_loaded() -> None:

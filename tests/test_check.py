@@ -167,7 +167,7 @@ NEGATIVE = [
     (("data pt batch 16", "data ptt batch 16"),
      [(UnknownName, 9, 8, 11, "unknown data 'ptt' (declared: pt, ft)", "pt")]),
     (("  data pt batch 16\n", "  data pt batch 16\n  augment noise()\n"),
-     [(UnknownComponent, 10, 11, 16, "unknown augmentation 'noise' (known: none yet)", None)]),
+     [(UnknownComponent, 10, 11, 16, "unknown augmentation 'noise' (known: crop, jitter, rotate, warp)", None)]),
     (("unroll 1 update ft_head", "unroll 1 update tw"),
      [(UnknownName, 15, 19, 21, "'tw' is not a model or head", None)]),
     (("unroll 1 update ft_head", "steps 3"),
@@ -191,7 +191,7 @@ NEGATIVE = [
      [(MissingPart, 18, 1, 67, "evaluate fine-tunes on 'ft', which needs the splits train, val and test "
                                 "(missing: test)", None),
       (DuplicateName, 18, 34, 50, "'metric' is given twice", None),
-      (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: no_pretrain, pretrain)", None)]),
+      (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: cotrain, cotrain_pcgrad, no_pretrain, pretrain)", None)]),
     (("data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2)",
       "data pt = synthetic.multitask(examples: 64, tasks: 4, related: 2)"),
      [(BadArgument, 1, 11, 66, "synthetic.multitask needs 'dim'", None)]),

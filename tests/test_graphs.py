@@ -295,7 +295,7 @@ def test_synthetic_bad_sizes():
 # ---- the catalog ---------------------------------------------------------------------------------
 SPEC = """\
 data pt = graphs.synthetic(graphs: 64, pt_tasks: 4, related: 2, ft_tasks: 2)
-data ft = graphs.synthetic(graphs: 64, pt_tasks: 4, related: 2, ft_tasks: 2, task: finetune) split train 0.5, val 0.5
+data ft = graphs.synthetic(graphs: 64, pt_tasks: 4, related: 2, ft_tasks: 2, task: finetune)
 model encoder = gin(layers: 2, hidden: 8, jk: concat)
 head pt_head = linear(out: 4)
 head ft_head = linear(out: 2)

@@ -1,0 +1,348 @@
+"""`mptc compile SPEC --emit python`: a standalone PyTorch script that performs the same run as `mptc run`.
+
+The script needs torch and nothing of mptc: the runtime code it uses (the data generators, the models,
+the loss functions, the optimizers, the linear solver, the FT unroll and the IFT estimator) is copied
+into it from mptc's own modules, each definition with the module-level definitions it refers to, in the
+order of its module; the spec's expressions become Python functions; templates/standalone.py.j2 holds
+the meta-training loop, a line-by-line twin of `runtime/executor.py`'s `meta_train`. At the same seed
+and device the script's meta.json equals `mptc run`'s.
+
+Supported (clear errors otherwise): synthetic data, mlp/linear models and heads, the loss vocabulary,
+sgd/adam, PT `ift` with the neumann (explicit or default scale), cg or identity solver and any hvp mode
+but `auto`, not fused; FT `unroll`; no `augment`, no network or factored meta-parameters, no `search`.
+
+    >>> from mptc.compiler.lower import QUICKSTART, compile_spec
+    >>> script = emit_python(compile_spec(open(QUICKSTART).read(), QUICKSTART), "quickstart.mpt")
+    >>> "def loss_pretrain(params, metas, x, y):" in script
+    True
+"""
+from __future__ import annotations
+
+import ast as pyast
+import importlib
+import inspect
+import keyword
+import re
+from pathlib import Path
+
+import attrs
+
+from mptc.compiler import ir
+from mptc.errors import RunError
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+# Modules whose definitions may be copied; each must need only math, typing, torch (and attrs, rewritten)
+EMBEDDABLE = ("mptc.runtime.datasets", "mptc.runtime.models", "mptc.runtime.optim", "mptc.runtime.solvers",
+              "mptc.runtime.hvp", "mptc.runtime.estimators")  # in the order the script defines them
+SUPPORTED_DATA = ("synthetic.multitask", "synthetic.multitask_ft")
+SUPPORTED_MODULES = ("mlp", "linear")
+SUPPORTED_SOLVERS = ("neumann", "cg", "identity")
+
+
+class EmitError(RunError):
+    """A plan the Python emitter cannot render (a feature outside its supported subset)."""
+
+
+# ---- copying runtime definitions -----------------------------------------------------------------
+@attrs.define
+class _Module:
+    """A module's top-level definitions: name -> (order, source, names it refers to), and its imports."""
+
+    name: str
+    defs: dict
+    imports: dict  # local name -> (mptc module, name there)
+
+
+def _top_level(node) -> list[str]:
+    if isinstance(node, (pyast.FunctionDef, pyast.ClassDef)):
+        return [node.name]
+    targets = node.targets if isinstance(node, pyast.Assign) else [node.target] if isinstance(
+        node, pyast.AnnAssign) else []
+    return [n.id for t in targets for n in pyast.walk(t) if isinstance(n, pyast.Name)]
+
+
+def _read_module(name: str) -> _Module:
+    source = inspect.getsource(importlib.import_module(name))
+    lines, tree = source.splitlines(), pyast.parse(source)
+    defs, imports = {}, {}
+    for order, node in enumerate(tree.body):
+        if isinstance(node, pyast.ImportFrom) and (node.module or "").startswith("mptc."):
+            imports.update({a.asname or a.name: (node.module, a.name) for a in node.names})
+            continue
+        names = _top_level(node)
+        if not names or names == ["__all__"]:
+            continue
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        text = "\n".join(lines[start - 1:node.end_lineno])
+        refs = {n.id for n in pyast.walk(node) if isinstance(n, pyast.Name)}
+        for n in names:
+            defs[n] = (order, text, refs)
+    return _Module(name, defs, imports)
+
+
+class Embedder:
+    """Collects runtime definitions with everything they refer to, then renders them module by module."""
+
+    def __init__(self):
+        self.modules: dict[str, _Module] = {}
+        self.wanted: dict[str, set] = {}
+
+    def module(self, name: str) -> _Module:
+        if name not in self.modules:
+            if name not in EMBEDDABLE:
+                raise EmitError(f"emit python cannot copy code from {name}")
+            self.modules[name] = _read_module(name)
+        return self.modules[name]
+
+    def want(self, module: str, name: str) -> None:
+        """`module.name` and, transitively, the module-level names (and mptc imports) it uses."""
+        if name in self.wanted.setdefault(module, set()):
+            return
+        mod = self.module(module)
+        if name in mod.imports:
+            self.want(*mod.imports[name])
+            return
+        if name not in mod.defs:
+            raise EmitError(f"emit python: {module} has no top-level '{name}'")
+        self.wanted[module].add(name)
+        for ref in sorted(mod.defs[name][2]):
+            if ref != name and (ref in mod.defs or ref in mod.imports):
+                self.want(module, ref)
+
+    def target(self, target: str) -> str:
+        """Wants a registry target `module:name`; returns the name."""
+        module, _, name = target.partition(":")
+        self.want(module, name)
+        return name
+
+    def render(self) -> list[tuple[str, str]]:
+        """[(module, code)] in dependency-safe order: modules imported from come first."""
+        blocks, seen = [], {}
+        for module in sorted(self.wanted, key=lambda m: EMBEDDABLE.index(m)):
+            mod = self.modules[module]
+            chosen = sorted({mod.defs[n][:2] for n in self.wanted[module]})
+            for text in (t for _, t in chosen):
+                for n in _defined_names(text):
+                    if seen.setdefault(n, text) != text:
+                        raise EmitError(f"emit python: two different definitions of '{n}' ({module})")
+            code = "\n\n\n".join(t for _, t in chosen if not _duplicate(t, blocks))
+            blocks.append((module, _without_attrs(code)))
+        return blocks
+
+
+def _defined_names(text: str) -> list[str]:
+    return [n for node in pyast.parse(text).body for n in _top_level(node)]
+
+
+def _duplicate(text: str, blocks) -> bool:
+    return any(text in code for _, code in blocks)
+
+
+def _without_attrs(code: str) -> str:
+    """attrs (a dependency of mptc, not of the script) rewritten to the standard library's dataclasses."""
+    code = code.replace("@attrs.frozen(eq=False)", "@dataclasses.dataclass(frozen=True, eq=False)")
+    code = code.replace("attrs.evolve(", "dataclasses.replace(")
+    if re.search(r"\battrs\.", code):
+        raise EmitError("emit python: copied code uses attrs in a way it cannot rewrite")
+    return code
+
+
+# ---- the spec's expressions as Python ------------------------------------------------------------------
+_TORCH_HOMES = ("torch", "torch.nn.functional", "torch.special")
+
+
+def _function(name: str, fns: dict) -> str:
+    """The Python name of loss function `name` in the script (`fn_bce`), its definition added to `fns`."""
+    from mptc.runtime.registry import FUNCTIONS
+    comp = FUNCTIONS.get(name)
+    obj = comp.load()
+    if name not in fns:
+        if inspect.isfunction(obj) and obj.__module__.startswith("mptc."):
+            src = inspect.getsource(obj)
+            fns[name] = re.sub(rf"^def {obj.__name__}\(", f"def fn_{name}(", src, count=1, flags=re.M).rstrip()
+        else:
+            home = next((h for h in _TORCH_HOMES if getattr(importlib.import_module(h), obj.__name__, None) is obj),
+                        None)
+            if home is None:
+                raise EmitError(f"emit python: cannot name the torch function behind '{name}'")
+            fns[name] = f"fn_{name} = {home}.{obj.__name__}"
+    return f"fn_{name}"
+
+
+class _Expr:
+    """IR expressions as Python source over (params, metas, x, y); binary operations fully parenthesised."""
+
+    def __init__(self, fns: dict):
+        self.fns = fns
+
+    def __call__(self, e) -> str:
+        method = getattr(self, "_" + type(e).__name__, None)
+        if method is None:
+            raise EmitError(f"emit python does not support {type(e).__name__} expressions (e.g. `augment`)")
+        return method(e)
+
+    def _Const(self, e):
+        if isinstance(e.value, list):
+            return f"torch.tensor({e.value!r}, device=DEVICE, dtype=DTYPE)"
+        return repr(e.value)
+
+    def _Input(self, e):
+        return e.name
+
+    def _MetaRef(self, e):
+        return f"metas[{e.name!r}]"
+
+    def _LetRef(self, e):
+        return f"let_{e.name}(params, metas, x, y)"
+
+    def _Apply(self, e):
+        return f"apply({e.module!r}, params, {_top(self(e.arg))})"
+
+    def _Fn(self, e):
+        return f"{_function(e.name, self.fns)}({', '.join(_top(self(a)) for a in e.args)})"
+
+    def _Bin(self, e):
+        return f"({self(e.left)} {e.op} {self(e.right)})"
+
+    def _Neg(self, e):
+        return f"(-{self(e.operand)})"
+
+    def _Index(self, e):
+        return f"{self(e.target)}[as_index({_top(self(e.index))})]"
+
+
+def _top(code: str) -> str:
+    return code[1:-1] if code.startswith("(") and code.endswith(")") and _balanced(code[1:-1]) else code
+
+
+def _balanced(code: str) -> bool:
+    depth = 0
+    for ch in code:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+# ---- checking the plan is in the supported subset ---------------------------------------------------------
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise EmitError(f"emit python does not support {what} yet (supported: synthetic data, mlp/linear, "
+                        "sgd/adam, ift with neumann/cg/identity, FT unroll)")
+
+
+def _check_plan(plan: ir.Plan) -> dict:
+    """The PT estimator's arguments, after checking every part of the plan is supported."""
+    for d in plan.datasets:
+        _require(d.source.name in SUPPORTED_DATA, f"data '{d.source.name}'")
+    for m in plan.modules:
+        _require(m.component.name in SUPPORTED_MODULES, f"module component '{m.component.name}'")
+        _require(not m.component.args.get("dropout"), "dropout")
+    for m in plan.metas:
+        _require(m.kind in ("scalar", "vector"), f"{m.kind} meta-parameters")
+    est = {e.stage: e.method for e in plan.estimators}
+    _require(est["finetune"].name == "unroll", f"FT estimator '{est['finetune'].name}'")
+    _require(est["pretrain"].name == "ift", f"PT estimator '{est['pretrain'].name}'")
+    args = est["pretrain"].args
+    _require(not args.get("fused"), "ift(fused: true)")
+    _require(args.get("hvp") != "auto", "ift(hvp: auto)")
+    solver = args.get("solver") or ir.Component("identity", {})
+    _require(solver.name in SUPPORTED_SOLVERS, f"solver '{solver.name}'")
+    _require(solver.args.get("scale") != "auto", "neumann(scale: auto)")
+    return args
+
+
+def _solver(args: dict, plan: ir.Plan) -> tuple[str, dict]:
+    """The solver's name and the arguments the executor passes it (same defaults, same removals)."""
+    solver = args.get("solver") or ir.Component("identity", {})
+    kept = {k: v for k, v in solver.args.items() if v is not None}
+    if solver.name == "neumann":
+        kept.setdefault("scale", plan.pretrain.optimizer.args["lr"])
+    for option in ("rescale_every", "power_iters"):
+        kept.pop(option, None)
+    return solver.name, kept
+
+
+# ---- the script ----------------------------------------------------------------------------------------
+def _environment():
+    import jinja2
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["py"] = repr  # values written as Python literals
+    return env
+
+
+def _component_call(comp: ir.Component, name: str, extra: str = "") -> str:
+    """`name(k=v, ...)`; a parameter named by a Python keyword (mlp's `in`) goes through `**{...}`."""
+    plain = [f"{k}={v!r}" for k, v in comp.args.items() if k.isidentifier() and not keyword.iskeyword(k)]
+    other = {k: v for k, v in comp.args.items() if not k.isidentifier() or keyword.iskeyword(k)}
+    args = plain + ([f"**{other!r}"] if other else []) + ([extra] if extra else [])
+    return f"{name}({', '.join(args)})"
+
+
+def _applied(e) -> list[str]:
+    """Modules applied anywhere in an IR expression."""
+    if isinstance(e, ir.Apply):
+        return [e.module, *_applied(e.arg)]
+    children = [getattr(e, f.name) for f in attrs.fields(type(e))] if attrs.has(type(e)) else []
+    return [m for c in children for item in (c if isinstance(c, tuple) else (c,)) for m in _applied(item)]
+
+
+def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
+    """The standalone script for a plan; raises EmitError for a plan outside the supported subset."""
+    from mptc.runtime.registry import DATASETS, HEADS, MODELS, OPTIMIZERS, SOLVERS
+    est_args = _check_plan(plan)
+    emb, fns = Embedder(), {}
+    expr = _Expr(fns)
+    datasets = []
+    for d in plan.datasets:
+        fn = emb.target(DATASETS.get(d.source.name).target)
+        args = {k: (_Ref(v) if k == "of" else v) for k, v in d.source.args.items()}
+        datasets.append({"name": d.name, "call": f"{fn}({', '.join(f'{k}={v!r}' for k, v in args.items())})",
+                         "splits": dict(d.splits), "seed": d.source.args.get("seed", 0) or 0})
+    if any(d["splits"] for d in datasets):
+        emb.want("mptc.runtime.datasets", "split")
+    modules = []
+    for m in plan.modules:
+        registry = MODELS if m.role == "model" else HEADS
+        fn = emb.target(registry.get(m.component.name).target)
+        modules.append({"name": m.name, "build": _component_call(m.component, fn, f"in_dim={m.in_dim!r}")})
+    optimizers = {}
+    for key, comp in (("pretrain", plan.pretrain.optimizer), ("finetune", plan.finetune.optimizer),
+                      ("meta", plan.meta_optimizer)):
+        optimizers[key] = _component_call(comp, emb.target(OPTIMIZERS.get(comp.name).target))
+    solver_name, solver_args = _solver(est_args, plan)
+    solver_fn = emb.target(SOLVERS.get(solver_name).target)
+    for name in ("unroll_ft", "ift"):
+        emb.want("mptc.runtime.estimators", name)
+    lets = [{"name": let.name, "code": _top(expr(let.expr)), "meta_only": let.meta_only} for let in plan.lets]
+    losses = {"pretrain": _top(expr(plan.pretrain.loss)), "finetune": _top(expr(plan.finetune.loss)),
+              "objective": _top(expr(plan.objective.expr))}
+    return _environment().get_template("standalone.py.j2").render(
+        plan=plan, spec_path=spec_path, blocks=emb.render(), functions=list(fns.values()), datasets=datasets,
+        modules=modules, optimizers=optimizers, solver=f"{solver_fn}", solver_args=solver_args,
+        hessian=est_args.get("hessian", "all"), hvp=est_args.get("hvp", "reverse-over-reverse"),
+        hessian_batch=est_args.get("hessian_batch"), lets=lets, losses=losses, encoder=_encoder(plan),
+        metas=[{"name": m.name, "shape": "()" if m.kind == "scalar" else f"({m.size},)", "init": m.init,
+                "bounds": m.bounds} for m in plan.metas],
+        refs={"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data},
+    )
+
+
+def _encoder(plan: ir.Plan) -> list[str]:
+    """The modules PT trains that FT or the meta-objective also use (executor.Trainer.encoder_modules)."""
+    used = set(_applied(plan.finetune.loss)) | set(_applied(plan.objective.expr))
+    return [m for m in plan.pretrain.trains if m in used]
+
+
+class _Ref(str):
+    """A dataset argument naming another dataset: written as the variable, not as a string."""
+
+    def __repr__(self) -> str:
+        return f"sets[{str(self)!r}]"
+
+
+def cmd_emit(args, plan: ir.Plan) -> int:
+    """`mptc compile SPEC --emit python`: the script on stdout."""
+    print(emit_python(plan, args.spec), end="")
+    return 0
