@@ -617,30 +617,44 @@ def _mismatch_note(expr, left, right) -> str | None:
     return None
 
 
+_KIDS: dict = {}  # node type -> its fields that can hold nodes (spans excluded)
+
+
+def _kids(node):
+    """The AST nodes directly inside `node`."""
+    names = _KIDS.get(type(node))
+    if names is None:
+        names = _KIDS[type(node)] = tuple(f.name for f in attrs.fields(type(node))
+                                          if f.name not in ("span", "name_span"))
+    for name in names:
+        child = getattr(node, name)
+        for c in child if isinstance(child, tuple) else (child,):
+            if attrs.has(type(c)) and not isinstance(c, Span):
+                yield c
+
+
 def _refs(expr) -> set:
     """Single names referenced by an expression (calls' function names excluded)."""
-    if isinstance(expr, ast.Ref):
-        return {expr.dotted}
-    if isinstance(expr, ast.Call):
-        return set().union(*(_refs(a) for a in expr.args), *(_refs(k.value) for k in expr.kwargs))
-    children = [getattr(expr, f.name) for f in attrs.fields(type(expr))] if attrs.has(type(expr)) else []
-    found = set()
-    for child in children:
-        for c in child if isinstance(child, tuple) else (child,):
-            if attrs.has(type(c)):
-                found |= _refs(c)
+    found, stack = set(), [expr] if attrs.has(type(expr)) else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Ref):
+            found.add(node.dotted)
+        elif isinstance(node, ast.Call):
+            stack += [*node.args, *(k.value for k in node.kwargs)]
+        else:
+            stack += _kids(node)
     return found
 
 
 def _calls(expr) -> set:
     """Names called in an expression (models, heads, network meta-parameters, functions)."""
-    if not attrs.has(type(expr)):
-        return set()
-    found = {expr.func.dotted} if isinstance(expr, ast.Call) else set()
-    for f in attrs.fields(type(expr)):
-        child = getattr(expr, f.name)
-        for c in child if isinstance(child, tuple) else (child,):
-            found |= _calls(c)
+    found, stack = set(), [expr] if attrs.has(type(expr)) else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Call):
+            found.add(node.func.dotted)
+        stack += _kids(node)
     return found
 
 
