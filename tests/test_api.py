@@ -31,7 +31,7 @@ def quickstart(meta_optimizer=E.adam(lr=0.1)) -> Spec:
     s.finetune(data=ft.train, batch=128, loss=E.mean(E.bce(ft_head(encoder(x)), y)),
                optimizer=E.sgd(lr=0.1), unroll=1, update=[ft_head])
     s.meta_objective(E.mean(E.bce(ft_head(encoder(x)), y)), on=ft.val)
-    s.hypergradient(pretrain=E.ift(E.neumann(terms=1)), finetune="unroll")
+    s.hypergradient(pretrain=E.ift(E.neumann(terms=5, scale=E.auto)), finetune="unroll")
     s.meta_optimizer(meta_optimizer)
     s.train(meta_steps=200, warmup=100, seed=0, device="auto")
     s.evaluate(E.finetune(epochs=300, lr=3e-3, patience=30, metric=E.auroc, seeds=5),

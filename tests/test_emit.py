@@ -53,6 +53,9 @@ def test_the_quickstart_script_reproduces_mptc_run_exactly(tmp_path):
     text = Path(QUICKSTART).read_text()
     text = re.sub(r"^train .*$", SMALL, text, flags=re.M)
     text = re.sub(r"^evaluate .*$", "", text, flags=re.M)
+    # emit does not support `scale: auto` yet (docs/python.md): the quickstart with an explicit scale
+    text = re.sub(r"^hypergradient .*$", "hypergradient pretrain: ift(neumann(terms: 5, scale: 1e-3))", text,
+                  flags=re.M)
     spec = tmp_path / "quickstart.mpt"
     spec.write_text(text)
     run, emit, script = _run_both(spec, tmp_path)
