@@ -8,7 +8,7 @@ the meta-training loop, a line-by-line twin of `runtime/executor.py`'s `meta_tra
 and device the script's meta.json equals `mptc run`'s.
 
 Supported (clear errors otherwise): synthetic data, mlp/linear models and heads, the loss vocabulary,
-sgd/adam, PT `ift` with the neumann (explicit or default scale), cg or identity solver and any hvp mode
+sgd/adam, PT `ift` with the neumann (explicit, default or auto scale), cg or identity solver and any hvp mode
 but `auto`, not fused; FT `unroll`; no `augment`, no network or factored meta-parameters, no `search`.
 
     >>> from mptc.compiler.lower import QUICKSTART, compile_spec
@@ -248,7 +248,6 @@ def _check_plan(plan: ir.Plan) -> dict:
     _require(args.get("hvp") != "auto", "ift(hvp: auto)")
     solver = args.get("solver") or ir.Component("identity", {})
     _require(solver.name in SUPPORTED_SOLVERS, f"solver '{solver.name}'")
-    _require(solver.args.get("scale") != "auto", "neumann(scale: auto)")
     return args
 
 
@@ -258,9 +257,17 @@ def _solver(args: dict, plan: ir.Plan) -> tuple[str, dict]:
     kept = {k: v for k, v in solver.args.items() if v is not None}
     if solver.name == "neumann":
         kept.setdefault("scale", plan.pretrain.optimizer.args["lr"])
-    for option in ("rescale_every", "power_iters"):
+    for option in ("rescale_every", "power_iters") + (("scale",) if kept.get("scale") == "auto" else ()):
         kept.pop(option, None)
     return solver.name, kept
+
+
+def _auto_scale(args: dict) -> dict | None:
+    """`neumann(scale: auto)`: how often and with how many products lambda_max is estimated, else None."""
+    solver = args.get("solver")
+    if solver is None or solver.name != "neumann" or solver.args.get("scale") != "auto":
+        return None
+    return {"every": solver.args["rescale_every"], "iters": solver.args["power_iters"]}
 
 
 # ---- the script ----------------------------------------------------------------------------------------
@@ -315,6 +322,9 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     solver_fn = emb.target(SOLVERS.get(solver_name).target)
     for name in ("unroll_ft", "ift"):
         emb.want("mptc.runtime.estimators", name)
+    auto_scale = _auto_scale(est_args)
+    if auto_scale:
+        emb.want("mptc.runtime.hvp", "power_iteration")
     lets = [{"name": let.name, "code": _top(expr(let.expr)), "meta_only": let.meta_only} for let in plan.lets]
     losses = {"pretrain": _top(expr(plan.pretrain.loss)), "finetune": _top(expr(plan.finetune.loss)),
               "objective": _top(expr(plan.objective.expr))}
@@ -322,7 +332,7 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
         plan=plan, spec_path=spec_path, blocks=emb.render(), functions=list(fns.values()), datasets=datasets,
         modules=modules, optimizers=optimizers, solver=f"{solver_fn}", solver_args=solver_args,
         hessian=est_args.get("hessian", "all"), hvp=est_args.get("hvp", "reverse-over-reverse"),
-        hessian_batch=est_args.get("hessian_batch"), lets=lets, losses=losses, encoder=_encoder(plan),
+        hessian_batch=est_args.get("hessian_batch"), auto_scale=auto_scale, lets=lets, losses=losses, encoder=_encoder(plan),
         metas=[{"name": m.name, "shape": "()" if m.kind == "scalar" else f"({m.size},)", "init": m.init,
                 "bounds": m.bounds} for m in plan.metas],
         refs={"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data},
