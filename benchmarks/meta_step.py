@@ -56,12 +56,15 @@ train meta_steps 1 seed 0 device cpu
 """
 
 
+FUSED = ", fused: true"  # the ift options of the fused variant (--fused-options)
+
+
 def trainer_for(width: int, fused: bool):
     """A Trainer over the spec at `width` (its data unused: batches come from the benchmark)."""
     from mptc.compiler.lower import compile_spec
     from mptc.runtime.executor import Trainer
     from mptc.runtime.program import Program
-    plan = compile_spec(SPEC.format(h=width, fused=", fused: true" if fused else ""), "bench.mpt")
+    plan = compile_spec(SPEC.format(h=width, fused=FUSED if fused else ""), "bench.mpt")
     prog = Program(plan, torch.device("cpu"))
     return Trainer(plan, prog, data=None)
 
@@ -160,7 +163,11 @@ def main() -> None:
     p.add_argument("--agree-steps", type=int, default=5)
     p.add_argument("--long", type=int, default=200, help="meta-steps of the fused-vs-reference quality run")
     p.add_argument("--bench", default=str(BENCH), help="the folder of the reference benchmark")
+    p.add_argument("--fused-options", default="fused: true",
+                   help="ift options of the fused variant, e.g. 'fused: true, hessian_batch: 128'")
     args = p.parse_args()
+    global FUSED
+    FUSED = ", " + args.fused_options
     sys.path.insert(0, args.bench)
     import common
     import impl_manual
