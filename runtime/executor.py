@@ -254,7 +254,8 @@ def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None,
             trainer.meta_step(state, hg)
         # ---- log -----------------------------------------------------------------------------------
         pt_loss = float(torch.stack(pt_losses).mean())
-        if log and (meta_step % plan.train.log_every == 0 or meta_step == plan.train.meta_steps or meta_step == 1):
+        due = meta_step % plan.train.log_every == 0 or meta_step in (1, plan.train.meta_steps)
+        if log and (due or nonfinite):                  # a skipped meta-step is always logged
             log.log(step=step, meta_step=meta_step, pt_loss=pt_loss, ft_val_loss=float(l_val),
                     hypergrad_norm=norm, solver_iters=info["iters"], solver_residual=info["residual"],
                     skipped=nonfinite > 0, elapsed_s=round(time.perf_counter() - t0, 4),

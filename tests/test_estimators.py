@@ -286,6 +286,22 @@ def test_max_nonfinite_is_configurable(tmp_path, capsys, monkeypatch):
     assert "non-finite hypergradient at meta-step 2 (2 in a row)" in capsys.readouterr().err
 
 
+def test_a_skipped_meta_step_is_logged_and_the_run_goes_on(tmp_path, monkeypatch):
+    real, calls = executor.Trainer.hypergradient, []
+
+    def poisoned_once(self, *args):
+        l_val, hg, info = real(self, *args)
+        calls.append(1)
+        return l_val, {n: g * (float("nan") if len(calls) == 2 else 1) for n, g in hg.items()}, info
+    monkeypatch.setattr(executor.Trainer, "hypergradient", poisoned_once)
+    spec = tmp_path / "skip.mpt"
+    spec.write_text(TINY.replace("HYPERGRADIENT", "").replace("TRAIN", "").replace("log_every 1", "log_every 3"))
+    torch.set_default_dtype(torch.float32)
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["meta_step"], r["skipped"]) for r in rows] == [(1, False), (2, True), (3, False), (4, False)]
+
+
 def _trainer(hypergradient: str):
     """A float32 Trainer over TINY with `hypergradient`, its initial state and fixed PT and FT batches."""
     from mptc.compiler.lower import compile_spec
