@@ -19,14 +19,6 @@ from mptc.runtime.models import cnn1d, cnn2d
 from mptc.runtime.program import Program
 
 
-@pytest.fixture
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 # ---- augmentations -----------------------------------------------------------------------------------
 def test_rotation_by_90_degrees_is_rot90_on_a_digit():
     x = digits(size=8).splits["all"][0][:4]
