@@ -53,15 +53,18 @@ class Trainer:
         self.ft_opt = optim.build(plan.finetune.optimizer)
         self.meta_opt = optim.build(plan.meta_optimizer)
         self.estimator = {e.stage: e.method for e in plan.estimators}["pretrain"]
-        args = self.estimator.args
+        self._configure_pt_estimator(self.estimator.args)
+
+    def _configure_pt_estimator(self, args: dict) -> None:
+        """The PT estimator's options, solver and solver arguments (`scale: auto` is resolved per meta-step)."""
         self.hessian = args.get("hessian", "all")
         self.hvp_mode, self.hessian_batch = args.get("hvp", "reverse-over-reverse"), args.get("hessian_batch")
         self.fused, self.kept = bool(args.get("fused")), None
         solver = args.get("solver") or ir.Component("identity", {})
         self.solver = SOLVERS.get(solver.name).load()
         self.solver_args = {k: v for k, v in solver.args.items() if v is not None}
-        if solver.name == "neumann":
-            self.solver_args.setdefault("scale", plan.pretrain.optimizer.args["lr"])
+        if solver.name == "neumann":                   # the published default: alpha = the PT learning rate
+            self.solver_args.setdefault("scale", self.plan.pretrain.optimizer.args["lr"])
         self.auto_scale = self.solver_args.get("scale") == "auto"
         for option in ("rescale_every", "power_iters") + (("scale",) if self.auto_scale else ()):
             self.solver_args.pop(option, None)          # read by `_scale`, not by the solver
