@@ -65,9 +65,24 @@ def _type_error(param: Param, expr, got) -> BadArgument:
     return BadArgument(expr.span, f"'{param.name}' must be {_kind_name(param.kind)}{alternatives}, got {shown}")
 
 
+def _dashed(expr) -> str | None:
+    """`a-b-c` read back from the subtraction of plain names it parses as, else None."""
+    if isinstance(expr, ast.Ref) and len(expr.parts) == 1:
+        return expr.parts[0]
+    if isinstance(expr, ast.BinOp) and expr.op == "-":
+        left, right = _dashed(expr.left), _dashed(expr.right)
+        return f"{left}-{right}" if left and right else None
+    return None
+
+
 def _convert(param: Param, expr, value, errors, ctx):
     kind = param.kind
     if value is _NotConst:
+        dashed = _dashed(expr)
+        if dashed in param.choices:  # `hvp: forward-over-reverse` parses as a subtraction of names
+            errors.append(BadArgument(expr.span, f"'{param.name}': a name with dashes must be quoted",
+                                      hint=f'"{dashed}"'))
+            return None
         errors.append(BadArgument(expr.span, f"'{param.name}' must be a constant value"))
         return None
     if kind != "choice" and param.choices and isinstance(value, str) and value in param.choices:
