@@ -51,7 +51,8 @@ def unroll_ft(loss_ft: Callable, loss_val: Callable, params: dict, metas: dict, 
     return l_val.detach(), v, direct
 
 
-def _timed(fn, *args, **kw):
+def timed(fn, *args, **kw):
+    """(fn(*args, **kw), seconds it took)."""
     start = time.perf_counter()
     out = fn(*args, **kw)
     return out, time.perf_counter() - start
@@ -90,11 +91,11 @@ def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[
     given, is dL_PT/dtheta over `hessian_keys` at `params`, differentiable (see `hessian`)."""
     keys = hessian_keys or wrt
     v_h = [v[wrt.index(n)] if n in wrt else torch.zeros_like(params[n]) for n in keys]
-    (g, matvec), t_hessian = _timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch, g)
+    (g, matvec), t_hessian = timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch, g)
     extra = prepare(matvec, v_h) if prepare else {}
-    (p, info), t_solve = _timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ H^-1 v
+    (p, info), t_solve = timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ H^-1 v
     names = list(metas)
-    mixed, t_mixed = _timed(_grad, g, [metas[n] for n in names], grad_outputs=p)  # p^T d2L/dtheta dphi
+    mixed, t_mixed = timed(_grad, g, [metas[n] for n in names], grad_outputs=p)  # p^T d2L/dtheta dphi
     info = {**info, **extra, "solve_s": t_hessian + t_solve, "mixed_s": t_mixed}
     return {n: -m for n, m in zip(names, mixed)}, info
 

@@ -19,7 +19,7 @@ from mptc.errors import RunError
 from mptc.runtime import optim
 from mptc.runtime.optim import clone_state
 from mptc.runtime.data import Data
-from mptc.runtime.estimators import ift, pt_loss_of, unroll_ft, unroll_pt
+from mptc.runtime.estimators import ift, pt_loss_of, timed, unroll_ft, unroll_pt
 from mptc.runtime.hvp import fastest, power_iteration
 from mptc.runtime.program import Program, pick_device
 from mptc.runtime.registry import SOLVERS
@@ -124,7 +124,7 @@ class Trainer:
     def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):
         """(L_val, {meta: dL_val/dphi}, info): FT unroll, then the PT stage's estimator."""
         self.meta_step_no += 1
-        v_out, t_ft = _timed(self.ft_unroll, state, ft_batches, val_batch)
+        v_out, t_ft = timed(self.ft_unroll, state, ft_batches, val_batch)
         l_val, v, direct = v_out
         hg, info = self.through_pt(state, pt_batch, v)
         self.last, self.kept = (pt_batch, v, direct), None  # what `check` compares against; no graph kept
@@ -182,12 +182,6 @@ class Trainer:
                                                        [hg[n] for n in names], state.meta_opt)
         bounds = {m.name: m.bounds for m in self.plan.metas}
         state.metas = {n: _clamp(t, bounds.get(n)).detach().requires_grad_() for n, t in zip(names, new)}
-
-
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
 
 
 def _clamp(t, bounds):
