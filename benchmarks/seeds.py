@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from mptc.commands import _methods
 from mptc.compiler.lower import compile_spec
 from mptc.runtime.evaluate import summarize
 from mptc.runtime.executor import run_plan
@@ -33,7 +34,20 @@ def run_seed(spec: str, text: str, sets: list[str], out: Path) -> dict:
     run = run_plan(compile_spec(text, spec, sets), text, out, progress=False)
     evals = json.loads((run / "eval.json").read_text())
     diag = json.loads((run / "diagnostics.json").read_text())
-    return {"eval": {m: e["mean"] for m, e in evals.items()}, "diag": diag}
+    return {"eval": means(evals), "diag": diag}
+
+
+def means(evals: dict) -> dict:
+    """Each method's FT-test mean, and `method@N` for each label count of `finetune(labels: ...)`.
+
+        >>> means({"meta": {"metric": "auroc", "mean": 0.8, "by_labels": {"100": {"mean": 0.8}}}, "x_deg": {}})
+        {'meta': 0.8, 'meta@100': 0.8}
+    """
+    out = {}
+    for method, e in _methods(evals).items():
+        out[method] = e["mean"]
+        out.update({f"{method}@{n}": cell["mean"] for n, cell in e.get("by_labels", {}).items()})
+    return out
 
 
 def main() -> None:
@@ -57,7 +71,9 @@ def main() -> None:
         s = summarize([r["eval"][method] for r in rows])
         print(f"| {method} | {s['mean']:.4f} +- {s['stderr']:.4f} |")
     methods = list(rows[0]["eval"])
-    for a, b in (("meta", "pretrain"), ("pretrain", "no_pretrain")):
+    sizes = [""] + sorted({m.partition("@")[2] for m in methods if "@" in m}, key=int)
+    for (a, b), n in ((pair, n) for n in sizes for pair in (("meta", "pretrain"), ("pretrain", "no_pretrain"))):
+        a, b = (a + "@" + n, b + "@" + n) if n else (a, b)
         if a in methods and b in methods:
             d = summarize([r["eval"][a] - r["eval"][b] for r in rows])
             wins = sum(r["eval"][a] > r["eval"][b] for r in rows)

@@ -309,8 +309,11 @@ class _Checker:
     def augment(self, call, data_shapes):
         """An `augment` clause: its constants checked like any component's, its tensor parameters (a
         meta-parameter, a meta network of x) as expressions giving one number or one per example."""
-        checked = self.component(AUGMENTATIONS, call)
         scope = {"x": data_shapes["x"], "y": data_shapes["y"]} if data_shapes else {"x": None, "y": None}
+        return self.augment_args(call, scope)
+
+    def augment_args(self, call, scope):
+        checked = self.component(AUGMENTATIONS, call)
         for name, value in (checked or {"args": {}})["args"].items():
             if not attrs.has(type(value)):        # a constant (or a default)
                 continue
@@ -318,6 +321,24 @@ class _Checker:
             if shape is not None and shape not in ((), (1,), (B,), (B, 1)):
                 self.err(ShapeMismatch(value.span, f"'{name}' must be one number or one per example, "
                                        f"but has shape {_fmt(shape)}"))
+        return checked
+
+    def augment_call(self, expr, scope):
+        """`warp(x, strength: s)` inside an expression: the augmentation of its one positional input
+        (same shape), with the clause's parameters as keywords. Each call draws its own noise, so two
+        calls on x are two independent views (SimCLR)."""
+        name = expr.func.dotted
+        if len(expr.args) != 1:
+            self.err(BadArgument(expr.span, f"{name} augments one input, e.g. {name}(x, ...), "
+                                 f"got {len(expr.args)} positional arguments"))
+            return None
+        in_shape = self.shape(expr.args[0], scope)
+        params = attrs.evolve(expr, args=())
+        checked = self.augment_args(params, scope)
+        self.args.pop(id(params), None)
+        if checked is not None:
+            self.args[id(expr)] = checked
+        return in_shape
 
     def data_ref_shapes(self, clause):
         return None if clause is None else self.data_shapes.get(clause.ref.parts[0])
@@ -410,8 +431,10 @@ class _Checker:
         if isinstance(decl, (ast.ModelDecl, ast.HeadDecl)) or _is_network(decl):
             return self._apply(expr, decl, scope)
         comp = FUNCTIONS.get(name)
+        if comp is None and AUGMENTATIONS.get(name) is not None:
+            return self.augment_call(expr, scope)
         if comp is None:
-            known = FUNCTIONS.names() + list(self.of((ast.ModelDecl, ast.HeadDecl)))
+            known = FUNCTIONS.names() + AUGMENTATIONS.names() + list(self.of((ast.ModelDecl, ast.HeadDecl)))
             self.err(UnknownName(expr.func.span, f"unknown function or module '{name}'",
                                  hint=did_you_mean(name, known)))
             return None

@@ -93,7 +93,17 @@ class Augmented:
     body: "IExpr"
 
 
-IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index, Augmented]
+@frozen
+class Augment:
+    """`augment(input, **args)` inside an expression (e.g. `warp(x, strength: s(x))`): one view of the
+    input, with its own noise stream; `args` as in `Augmented`."""
+
+    augment: str
+    args: dict
+    input: "IExpr"
+
+
+IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index, Augmented, Augment]
 
 
 # ---- the plan ------------------------------------------------------------------------------------

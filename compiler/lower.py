@@ -54,6 +54,8 @@ class _Lower:
             name = e.func.dotted
             if name in self.c.decls:
                 return ir.Apply(name, self.expr(e.args[0]))
+            if id(e) in self.c.args:                     # an augmentation called on its input
+                return ir.Augment(*self.augment_args(e), self.expr(e.args[0]))
             return ir.Fn(name, tuple(self.expr(a) for a in e.args))
         if isinstance(e, ast.BinOp):
             return ir.Bin(e.op, self.expr(e.left), self.expr(e.right))
@@ -116,9 +118,11 @@ class _Lower:
         return ir.StagePlan(kind, data, loss, optimizer, steps, unroll, trains)
 
     def augmented(self, call, body) -> ir.Augmented:
+        return ir.Augmented(*self.augment_args(call), body)
+
+    def augment_args(self, call) -> tuple[str, dict]:
         checked = self.c.args[id(call)]
-        args = {k: self.expr(v) if attrs.has(type(v)) else v for k, v in checked["args"].items()}
-        return ir.Augmented(checked["name"], args, body)
+        return checked["name"], {k: self.expr(v) if attrs.has(type(v)) else v for k, v in checked["args"].items()}
 
     def modules_in(self, expr) -> tuple[str, ...]:
         names = _free(expr, self.lets, self.free) | _calls(expr)

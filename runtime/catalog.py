@@ -60,10 +60,12 @@ def _conv_shape(axes: int):
     """The shape rule of a CNN over `axes` spatial axes: [batch, channels, *axes] -> [batch, features]."""
     def rule(args, in_shape):
         if in_shape is None:
-            return (B, args["channels"][-1]) if args["pool"] != "flatten" else None
+            return (B, args.get("out") or args["channels"][-1]) if args["pool"] != "flatten" or args.get("out") else None
         if len(in_shape) != 2 + axes or is_graph(in_shape):
             want = "[batch, channels, length]" if axes == 1 else "[batch, channels, height, width]"
             raise ShapeProblem(f"expects inputs of shape {want}, got {_fmt(in_shape)}")
+        if args.get("out") is not None:
+            return (B, args["out"])
         if args["pool"] != "flatten":
             return (B, args["channels"][-1])
         sizes = list(in_shape[2:])
@@ -82,7 +84,9 @@ def _cnn_params(channels, kernel, stride):
             Param("pool", "choice", "avg", choices=("avg", "max", "flatten"),
                   doc="global average/max over the spatial axes, or flatten them"),
             Param("activation", "choice", "relu", choices=_ACTS),
-            Param("norm", "choice", "none", choices=("none", "batch"))]
+            Param("norm", "choice", "none", choices=("none", "batch")),
+            Param("out", "int", None, min=1, doc="a final linear layer to this many features (e.g. 1: one "
+                  "number per example, for a meta network)")]
 
 
 MODELS.register("cnn2d", _cnn_params([16, 32, 32, 32], 3, 1), target="mptc.runtime.models:cnn2d",
@@ -286,11 +290,43 @@ for _name, _doc in (("bce", "binary cross-entropy with logits, per element"),
                     ("mse", "squared error, per element")):
     FUNCTIONS.register(_name, [Param("logits", "tensor"), Param("target", "tensor")],
                        target=f"mptc.runtime.functions:{_name}", shape=_pair, doc=_doc)
+def _contrastive(args, shapes):
+    a, b, t = shapes
+    if a is not None and b is not None and a != b:
+        raise ShapeProblem(f"needs two views of the same shape, got {_fmt(a)} and {_fmt(b)}")
+    if t is not None and t != ():
+        raise ShapeProblem(f"temperature must be one number, got shape {_fmt(t)}")
+    return None if a is None else a[:1]
+
+
+FUNCTIONS.register("nt_xent", [Param("a", "tensor"), Param("b", "tensor"), Param("temperature", "tensor")],
+                   target="mptc.runtime.functions:nt_xent", shape=_contrastive,
+                   doc="SimCLR's NT-Xent between two views' projections [B, D] at a temperature, per example")
 FUNCTIONS.register("ce", [Param("logits", "tensor"), Param("target", "tensor")],
                    target="mptc.runtime.functions:ce", shape=_per_example,
                    doc="softmax cross-entropy against class indices, per example")
 for _name in ("mean", "sum"):
     FUNCTIONS.register(_name, [_T], target=f"mptc.runtime.functions:{_name}", shape=_scalar)
+
+
+def _column(args, shapes):
+    return None if shapes[0] is None else (*shapes[0], 1)
+
+
+def _concat(args, shapes):
+    a, b = shapes
+    if a is None or b is None:
+        return None
+    if len(a) != len(b) or a[:-1] != b[:-1]:
+        raise ShapeProblem(f"cannot put shapes {_fmt(a)} and {_fmt(b)} side by side (all but the last "
+                           f"axis must agree)")
+    return (*a[:-1], a[-1] + b[-1])
+
+
+FUNCTIONS.register("column", [_T], target="mptc.runtime.functions:column", shape=_column,
+                   doc="[batch] -> [batch, 1]: one number per example as a one-feature network input")
+FUNCTIONS.register("concat", [Param("a", "tensor"), Param("b", "tensor")], target="mptc.runtime.functions:concat",
+                   shape=_concat, doc="two inputs side by side along the last axis, e.g. concat(x, y)")
 
 
 # ---- augmentations (the `augment` clause; "tensor" parameters take expressions: meta-parameters, ...) --
@@ -371,6 +407,8 @@ PROTOCOLS.register("finetune", [
     Param("patience", "int", 10, min=1),
     Param("tasks", "choice", "seen", choices=("seen", "heldout"),
           doc="heldout: fine-tune on the heldout_* splits (tasks.heldout data): partial FT access"),
+    Param("labels", "ints", None, min=1, doc="fine-tune on this many labelled train examples each (a random "
+          "subset per seed), one result per size in eval.json's by_labels; the first size is the headline"),
 ], target="mptc.runtime.evaluate:finetune_evaluate",
     doc="Fine-tune the pre-trained encoder with a fresh head per seed, early-stopped on FT-val.")
 PROTOCOLS.register("restarts", [

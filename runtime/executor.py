@@ -326,12 +326,44 @@ def evaluate(trainer: Trainer, states: dict) -> dict:
     if args.pop("tasks", "seen") == "heldout":  # partial FT access: the tasks meta-training never saw
         from mptc.runtime.data import heldout_splits
         splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
+    sizes = args.pop("labels", None)
     out = {}
     for method, state in states.items():
         encoder = _encoder(trainer, state)
-        values = [finetune_evaluate(encoder, splits, seed=s, **args) for s in range(seeds)]
-        out[method] = {"metric": args["metric"], **summarize(values), "values": values}
+        by_size = {}
+        for n in sizes or [None]:
+            values = [finetune_evaluate(encoder, labelled(splits, n, s), seed=s, **args) for s in range(seeds)]
+            by_size[n] = {**summarize(values), "values": values}
+        out[method] = {"metric": args["metric"], **by_size[(sizes or [None])[0]]}
+        if sizes:
+            out[method]["by_labels"] = {str(n): r for n, r in by_size.items()}
     return out
+
+
+def labels_table(results: dict) -> dict:
+    """`{"<metric>_by_labels": {"100": {"meta": {mean, stderr, seeds}, ...}, ...}}` when the evaluation ran
+    at several label counts (`finetune(labels: ...)`), else {}: the paper's table, one row per size.
+
+        >>> r = {"meta": {"metric": "auroc", "by_labels": {"100": {"mean": 0.7, "stderr": 0.01, "seeds": 3}}}}
+        >>> labels_table(r)
+        {'auroc_by_labels': {'100': {'meta': {'mean': 0.7, 'stderr': 0.01, 'seeds': 3}}}}
+    """
+    rows: dict = {}
+    for method, r in results.items():
+        for n, cell in r.get("by_labels", {}).items():
+            rows.setdefault(n, {})[method] = {k: cell[k] for k in ("mean", "stderr", "seeds")}
+    return {f"{next(iter(results.values()))['metric']}_by_labels": rows} if rows else {}
+
+
+def labelled(splits: dict, n: int | None, seed: int) -> dict:
+    """The splits with "train" cut to n examples, a random subset drawn from `seed` (all when n is None)."""
+    if n is None:
+        return splits
+    x, y = splits["train"]
+    if n > len(x):
+        raise RunError(f"evaluate finetune(labels: ...): {n} labelled examples asked, the FT train split has {len(x)}")
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+    return {**splits, "train": (x[keep], y[keep])}
 
 
 def diagnostics(trainer: Trainer, state: State) -> dict:
@@ -393,7 +425,8 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
                 states[name] = BASELINES.get(name).load()(trainer)
                 train_s[name] = time.perf_counter() - t_run
             results = evaluate(trainer, states)
-            write_json(tmp / "eval.json", {m: {**r, "train_s": round(train_s[m], 3)} for m, r in results.items()})
+            write_json(tmp / "eval.json", {**{m: {**r, "train_s": round(train_s[m], 3)} for m, r in results.items()},
+                                           **labels_table(results)})
         from mptc.runtime.headlines import add_headlines
         add_headlines(trainer, state, tmp / "eval.json")    # the paper's figures, where the data knows them
     return out

@@ -49,3 +49,41 @@ def sum(t):  # noqa: A001 - the spec's name
 def detach(t):
     """The value without its gradient (e.g. a per-example loss fed to a weighting network as an input)."""
     return t.detach()
+
+
+def column(t):
+    """One number per example as a one-feature input, ``[batch] -> [batch, 1]`` (e.g. a detached
+    per-example loss fed to a weighting network).
+
+        >>> column(torch.tensor([1.0, 2.0])).tolist()
+        [[1.0], [2.0]]
+    """
+    return t.unsqueeze(-1)
+
+
+def concat(a, b):
+    """``a`` and ``b`` side by side along the last axis (e.g. ``concat(x, y)``: an example and its label
+    as one network input).
+
+        >>> concat(torch.zeros(2, 3), torch.ones(2, 1)).shape
+        torch.Size([2, 4])
+    """
+    return torch.cat([a, b], dim=-1)
+
+
+def nt_xent(a, b, temperature):
+    """SimCLR's normalized-temperature cross-entropy (Chen et al. 2020), per example: row i of `a` and
+    row i of `b` are two views of example i; each of the 2B projections must pick out its partner among
+    the other 2B - 1 by cosine similarity / temperature. Example i's loss is the mean of its two views'.
+
+        >>> z = torch.eye(4)
+        >>> bool(nt_xent(z, z, 0.1).mean() < nt_xent(z, z.flip(0), 0.1).mean())
+        True
+    """
+    n = a.shape[0]
+    z = F.normalize(torch.cat([a, b]).reshape(2 * n, -1), dim=-1)
+    sim = (z @ z.T) / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -1e4)  # not itself
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    loss = F.cross_entropy(sim, partner, reduction="none")
+    return (loss[:n] + loss[n:]) / 2

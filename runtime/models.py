@@ -64,7 +64,7 @@ class _Readout(nn.Module):
         return h.mean(dims) if self.pool == "avg" else h.amax(dims)
 
 
-def _cnn(conv, in_dim, channels, kernel, stride, pool, activation, norm) -> nn.Module:
+def _cnn(conv, in_dim, channels, kernel, stride, pool, activation, norm, out=None) -> nn.Module:
     c_in = in_dim[0] if isinstance(in_dim, (tuple, list)) else in_dim
     layers = []
     for c in channels:
@@ -73,25 +73,33 @@ def _cnn(conv, in_dim, channels, kernel, stride, pool, activation, norm) -> nn.M
             layers.append((nn.BatchNorm1d if conv is nn.Conv1d else nn.BatchNorm2d)(c))
         layers.append(_ACTIVATIONS[activation]())
         c_in = c
-    return nn.Sequential(*layers, _Readout(pool))
+    net = nn.Sequential(*layers, _Readout(pool))
+    if out is None:
+        return net
+    with torch.no_grad():   # the readout's width (flatten depends on the input's length)
+        width = net(torch.zeros(1, *in_dim)).shape[1] if pool == "flatten" else channels[-1]
+    return nn.Sequential(*net, nn.Linear(width, out))
 
 
 def cnn2d(in_dim, channels=(16, 32, 32, 32), kernel: int = 3, stride: int = 1, pool: str = "avg",
-          activation: str = "relu", norm: str = "none", **_) -> nn.Module:
+          activation: str = "relu", norm: str = "none", out: int | None = None, **_) -> nn.Module:
     """Conv2d layers (padding kernel // 2) each followed by the activation, then `pool` (avg, max or
     flatten). `in_dim` is the per-example shape (channels, height, width), or the channels alone.
 
         >>> cnn2d(in_dim=(1, 8, 8), channels=[4, 6])(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 6])
     """
-    return _cnn(nn.Conv2d, in_dim, channels, kernel, stride, pool, activation, norm)
+    return _cnn(nn.Conv2d, in_dim, channels, kernel, stride, pool, activation, norm, out)
 
 
 def cnn1d(in_dim, channels=(32, 32, 32, 32), kernel: int = 7, stride: int = 2, pool: str = "avg",
-          activation: str = "relu", norm: str = "none", **_) -> nn.Module:
-    """Conv1d layers over time (e.g. 12 ECG leads as channels), then `pool` (avg, max or flatten).
+          activation: str = "relu", norm: str = "none", out: int | None = None, **_) -> nn.Module:
+    """Conv1d layers over time (e.g. 12 ECG leads as channels), then `pool` (avg, max or flatten), then
+    a linear map to `out` features when given (e.g. `out: 1`, one number per example).
 
         >>> cnn1d(in_dim=(12, 1000))(torch.zeros(2, 12, 1000)).shape
         torch.Size([2, 32])
+        >>> cnn1d(in_dim=(12, 100), channels=[4], pool="flatten", out=1)(torch.zeros(2, 12, 100)).shape
+        torch.Size([2, 1])
     """
-    return _cnn(nn.Conv1d, in_dim, channels, kernel, stride, pool, activation, norm)
+    return _cnn(nn.Conv1d, in_dim, channels, kernel, stride, pool, activation, norm, out)

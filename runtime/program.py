@@ -108,19 +108,29 @@ class Program:
         return lambda c: functional_call(module, {k: c.params[full] for k, full in keys}, (arg(c),))
 
     def _c_Augmented(self, e):
-        aug, body = AUGMENTATIONS.get(e.augment).load(), self.compile(e.body)
+        augment, body = self._augmenter(e), self.compile(e.body)
+        return lambda c: body(Ctx(c.params, c.metas, augment(c, c.x), c.y))
+
+    def _c_Augment(self, e):
+        augment, value = self._augmenter(e), self.compile(e.input)
+        return lambda c: augment(c, value(c))
+
+    def _augmenter(self, e) -> Callable:
+        """`augment(c, v)`: the augmentation `e.augment` applied to v with noise of its own stream, drawn
+        once per raw batch `c.x`; tensor arguments are evaluated on the raw batch (e.g. a strength network
+        of x)."""
+        aug = AUGMENTATIONS.get(e.augment).load()
         consts = {k: v for k, v in e.args.items() if not attrs.has(type(v))}
         tensors = {k: self.compile(v) for k, v in e.args.items() if attrs.has(type(v))}
         memo = NoiseMemo(salt=17 + len(self.memos))
         memo.reseed(self.noise_seed)
         self.memos.append(memo)
 
-        def run(c):
-            eps = memo.get(c.x, lambda: aug.noise(tuple(c.x.shape), memo.gen, **consts))
-            args = {k: f(c) for k, f in tensors.items()}  # read the raw batch (e.g. a strength network of x)
-            x = aug.apply(c.x, eps.to(device=c.x.device, dtype=c.x.dtype), **consts, **args)
-            return body(Ctx(c.params, c.metas, x, c.y))
-        return run
+        def augment(c, v):
+            eps = memo.get(c.x, lambda: aug.noise(tuple(v.shape), memo.gen, **consts))
+            args = {k: f(c) for k, f in tensors.items()}
+            return aug.apply(v, eps.to(device=v.device, dtype=v.dtype), **consts, **args)
+        return augment
 
     def _c_Fn(self, e):
         fn, args = FUNCTIONS.get(e.name).load(), [self.compile(a) for a in e.args]

@@ -98,17 +98,38 @@ hypergradient pretrain: unroll
 """
 
 
+SIMCLR = """
+data pt = synthetic.multitask(examples: 64, dim: 12, tasks: 3, related: 1, factors: 4, related_factors: 1)
+data ft = synthetic.multitask_ft(of: pt, examples: 64, tasks: 2) split train 0.5, val 0.5
+model encoder = linear(out: 4)
+head proj = linear(out: 3)
+head ft_head = linear(out: 2)
+meta n: network mlp(hidden: [4, 1], activation: tanh, last_activation: false)
+meta t: scalar = 0.5
+let strength = 0.1 * sigmoid(n(x))
+pretrain { data pt batch 16  optimizer sgd(lr: 0.5)  steps 3
+           loss mean(nt_xent(proj(encoder(warp(jitter(x, std: 0.1), strength: strength, knots: 3))),
+                             proj(encoder(crop(warp(x, strength: strength), keep: 0.8))), t)) }
+finetune { data ft.train batch 16  loss mean(bce(ft_head(encoder(x)), y))  optimizer sgd(lr: 0.5)  unroll 2 }
+meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+hypergradient pretrain: unroll
+"""
+
+
 def _batches(plan, g):
-    def one(ref, shape, classes):
+    dims = {d.name: d for d in plan.datasets}
+
+    def one(ref):
+        source = dims[ref.dataset]
+        shape = (source.x_dim,) if isinstance(source.x_dim, int) else tuple(source.x_dim)
         x = torch.randn(8, *shape, generator=g) if len(shape) == 1 else torch.rand(8, *shape, generator=g)
-        return x, (torch.rand(8, classes, generator=g) > 0.5).double()
-    x_pt = (5,) if plan.datasets[0].x_dim == 5 else tuple(plan.datasets[0].x_dim)
-    pt = [one("pt", x_pt, 3 if x_pt == (5,) else 10) for _ in range(plan.pretrain.steps)]
-    ft = [one("ft", x_pt, 2 if x_pt == (5,) else 10) for _ in range(plan.finetune.unroll)]
-    return pt, ft, one("val", x_pt, 2 if x_pt == (5,) else 10)
+        return x, (torch.rand(8, source.y_dim, generator=g) > 0.5).double()
+    pt = [one(plan.pretrain.data) for _ in range(plan.pretrain.steps)]
+    ft = [one(plan.finetune.data) for _ in range(plan.finetune.unroll)]
+    return pt, ft, one(plan.objective.data)
 
 
-@pytest.mark.parametrize("spec", [NET, ROT], ids=["meta-network", "rotation"])
+@pytest.mark.parametrize("spec", [NET, ROT, SIMCLR], ids=["meta-network", "rotation", "simclr-warp-network"])
 def test_meta_gradient_matches_central_finite_differences(float64, spec):
     plan = compile_spec(spec, "fd.mpt")
     torch.manual_seed(0)
@@ -224,3 +245,67 @@ def test_noisy_labels_spec_runs_and_reports_the_weight_ratio(tmp_path):
     meta = json.loads((tmp_path / "noisy" / "meta.json").read_text())
     assert not any(k.startswith("n.") for k in meta)                # network weights live in the checkpoint
     assert "n.0.weight" in torch.load(tmp_path / "noisy" / "checkpoint.pt")["metas"]
+
+
+# ---- augmentations inside expressions: SimCLR's two views ------------------------------------------------
+VIEWS = """
+data pt = synthetic.multitask(examples: 32, dim: 6, tasks: 2, related: 1, factors: 2, related_factors: 1)
+data ft = synthetic.multitask_ft(of: pt, examples: 32, tasks: 2) split train 0.5, val 0.5
+model encoder = linear(out: 3)
+head ft_head = linear(out: 2)
+meta s: scalar = 1
+let view = jitter(x, std: s)
+pretrain { data pt  loss LOSS }
+finetune { data ft.train  loss mean(bce(ft_head(encoder(x)), y)) }
+meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+"""
+
+
+def _loss_of(pt_loss):
+    plan = compile_spec(VIEWS.replace("LOSS", pt_loss), "v.mpt")
+    prog = Program(plan, torch.device("cpu"))
+    loss = prog.loss(plan.pretrain.loss)
+    return lambda x: float(loss(prog.init_params(), prog.init_metas(), x, None))
+
+
+def test_each_augmentation_call_is_an_independent_view_and_a_let_is_one_view():
+    x = torch.zeros(4, 6)
+    two_calls = _loss_of("mean(abs(encoder(jitter(x, std: 1)) - encoder(jitter(x, std: 1))))")
+    assert two_calls(x) > 1e-3                           # two calls: two noise draws
+    assert two_calls(x) == two_calls(x)                  # the same batch again: the same draws
+    assert _loss_of("mean(abs(encoder(view) - encoder(view)))")(x) == 0.0
+    assert _loss_of("mean(abs(encoder(jitter(x, std: s)) - encoder(jitter(x, std: 0))))")(x) > 1e-3
+
+
+def test_nt_xent_is_the_simclr_loss(float64):
+    from mptc.runtime.functions import nt_xent
+    g = _gen()
+    a, b = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    z = torch.nn.functional.normalize(torch.cat([a, b]), dim=1)
+    expected = []
+    for i in range(10):                                  # the definition, one anchor at a time
+        partner = (i + 5) % 10
+        logits = torch.stack([z[i] @ z[k] / 0.2 for k in range(10) if k != i])
+        expected.append(-(z[i] @ z[partner] / 0.2 - torch.logsumexp(logits, 0)))
+    expected = torch.stack(expected)
+    assert torch.allclose(nt_xent(a, b, 0.2), (expected[:5] + expected[5:]) / 2, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda p, q, t: nt_xent(p, q, t),
+                                    (a.requires_grad_(), b.requires_grad_(), torch.tensor(0.3, requires_grad=True)))
+
+
+@pytest.mark.parametrize("loss, message", [
+    ("mean(encoder(jitter(x, y, std: 1)))", "jitter augments one input, e.g. jitter(x, ...), got 2 positional"),
+    ("mean(encoder(jitter(x, sdt: 1)))", "jitter has no parameter 'sdt'"),
+    ("mean(encoder(jitter(x, std: [1, 2, 3])))", "'std' must be one number or one per example"),
+    ("mean(encoder(jiter(x, std: 1)))", "unknown function or module 'jiter'"),
+    ("mean(nt_xent(encoder(x), x, 0.1))", "nt_xent needs two views of the same shape"),
+])
+def test_augmentation_calls_are_checked(loss, message):
+    errors = _errors(VIEWS.replace("LOSS", loss))
+    assert any(message in m for m in errors), errors
+
+
+def test_a_misspelt_augmentation_gets_a_did_you_mean():
+    with pytest.raises(SpecErrors) as e:
+        compile_spec(VIEWS.replace("LOSS", "mean(encoder(jiter(x, std: 1)))"), "t.mpt")
+    assert e.value.errors[0].hint == "jitter"

@@ -230,3 +230,36 @@ def test_catalog_declares_shapes_and_checks_the_root(root, tmp_path):
     assert len(missing) == 1 and (missing[0].span.line, missing[0].span.col) == (2, 27)  # the string
     assert DATASETS.get("ecg.ptbxl").shape({"sampling_rate": 500}, None) == {
         "x": ("B", 12, 5000), "y": ("B", 5), "splits": ("train", "val", "test")}
+
+
+# ---- specs/paper/ecg_simclr.mpt, shrunken, end to end ---------------------------------------------------
+def test_ecg_simclr_spec_runs_and_writes_the_label_table(tmp_path):
+    import json
+    from pathlib import Path
+    from mptc.cli import main
+    text = (Path(__file__).parent.parent / "specs" / "paper" / "ecg_simclr.mpt").read_text()
+    assert "ift(neumann(terms: 5, scale: auto))" in text
+    spec = tmp_path / "ecg_simclr.mpt"
+    spec.write_text(text.replace("ift(neumann(terms: 5, scale: auto))", "ift(neumann(terms: 1))"))
+    shrink = ["data.pt.examples=32", "data.pt.pool=2", "data.pt.seed=3", "data.ft.examples=60", "data.ft.pool=2",
+              "data.ft.seed=3", "train.meta_steps=2", "train.warmup=1", "pretrain.steps=1",
+              "pretrain.data.batch=16", "finetune.data.batch=16", "evaluate.labels=[10, 20]", "evaluate.seeds=2",
+              "evaluate.epochs=2"]
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--quiet", *[a for s in shrink for a in ("--set", s)]]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(ev["auroc_by_labels"]) == {"10", "20"}
+    for n in ("10", "20"):
+        assert set(ev["auroc_by_labels"][n]) == {"meta", "pretrain", "no_pretrain"}
+        assert ev["auroc_by_labels"][n]["meta"]["seeds"] == 2
+    assert ev["meta"]["mean"] == ev["auroc_by_labels"]["10"]["meta"]["mean"]     # the first size is the headline
+    assert "s.0.weight" in __import__("torch").load(out / "checkpoint.pt")["metas"]
+
+
+def test_fine_tuning_on_more_labels_than_the_split_has_is_a_named_error():
+    from mptc.errors import RunError
+    from mptc.runtime.executor import labelled
+    x, y = torch.zeros(5, 2), torch.zeros(5, 1)
+    assert labelled({"train": (x, y)}, 3, seed=0)["train"][0].shape == (3, 2)
+    with pytest.raises(RunError, match="6 labelled examples asked, the FT train split has 5"):
+        labelled({"train": (x, y)}, 6, seed=0)
