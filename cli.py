@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from mptc.errors import MptcError, RunError, SpecError, SpecErrors
@@ -120,8 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's kill, `timeout`), raised where the run is, so every `staging` folder is
+    removed on the way out like after Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.fn(args)
     except SpecError as e:
@@ -134,6 +147,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mptc: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mptc: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # `mptc space s.mpt | head`: the reader has gone; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is silent
         return 1

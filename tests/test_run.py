@@ -79,3 +79,25 @@ def test_nonfinite_hypergradients_stop_the_run_and_leave_nothing(spec, tmp_path,
     err = capsys.readouterr().err
     assert "non-finite hypergradient at meta-step 5" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [spec]
+
+
+def test_sigterm_stops_a_run_and_leaves_no_partial_directory(spec, tmp_path):
+    """A scheduler's kill (SIGTERM) during meta-training: exit 143, one line, no run or staging folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    slow = tmp_path / "slow.mpt"
+    slow.write_text(spec.read_text().replace("meta_steps 6", "meta_steps 100000"))
+    assert "meta_steps 100000" in slow.read_text()
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mptc", "run", str(slow), "--out", str(out), "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (list(tmp_path.glob(".run.partial-*/metrics.jsonl")) and time.time() < deadline):
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".run.partial-*")), "the run never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "mptc: terminated", err
+    assert not out.exists() and not list(tmp_path.glob(".run.partial-*"))
