@@ -70,6 +70,15 @@ class Trainer:
             self.solver_args.pop(option, None)          # read by `_scale`, not by the solver
         self.lam_max, self.meta_step_no, self.window = None, 0, None
 
+    def fresh_start(self, seed: int) -> None:
+        """Back to where a run starts: batch streams, augmentation noise and torch's generator reseeded,
+        the PT estimator's running state (`scale: auto`'s lambda_max and meta-step count, the `unroll`
+        window) forgotten, so a restart never sees what an earlier run left behind."""
+        self.data.reseed(seed)
+        self.prog.reseed_noise(seed)
+        torch.manual_seed(seed)
+        self._configure_pt_estimator(self.estimator.args)
+
     def encoder_modules(self) -> list[str]:
         """Modules both stages use: the pre-trained representation (theta)."""
         ft_modules = set(_applied(self.plan.finetune.loss)) | set(_applied(self.plan.objective.expr))

@@ -44,13 +44,12 @@ def _scalar_meta(trainer, name: str | None) -> str:
 
 
 def restarts(trainer, inits: list[float], meta: str | None = None) -> dict:
-    """{"meta", "inits", "finals"}: meta-training repeated from each initial value of a scalar meta-parameter."""
+    """{"meta", "inits", "finals"}: meta-training repeated from each initial value of a scalar meta-parameter,
+    each from `Trainer.fresh_start` (the same as the main run's, whatever ran before)."""
     from mptc.runtime.executor import meta_train
     name, seed, finals = _scalar_meta(trainer, meta), trainer.plan.train.seed, []
     for init in inits:
-        trainer.data.reseed(seed)
-        trainer.prog.reseed_noise(seed)
-        torch.manual_seed(seed)
+        trainer.fresh_start(seed)
         state = trainer.init_state()
         state.metas[name] = torch.full_like(state.metas[name], init).requires_grad_()
         state = meta_train(trainer, state, None)

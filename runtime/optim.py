@@ -37,17 +37,28 @@ def _decay(params, grads, weight_decay):
     return grads if not weight_decay else [g + weight_decay * p for p, g in zip(params, grads)]
 
 
-def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, **_) -> Optimizer:
-    """p <- p - lr * b, with b <- momentum * b + g (b = g without momentum)."""
+def _lr_at(lr: float, t: int, halflife: float | None) -> float:
+    """The learning rate of step t (1-based): `lr`, halved every `halflife` steps when one is given.
+
+        >>> _lr_at(4.0, 1, 2), _lr_at(4.0, 3, 2), _lr_at(4.0, 3, None)
+        (4.0, 2.0, 4.0)
+    """
+    return lr if not halflife else lr * 0.5 ** ((t - 1) / halflife)
+
+
+def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, halflife: float | None = None,
+        **_) -> Optimizer:
+    """p <- p - lr_t * b, with b <- momentum * b + g (b = g without momentum); lr_t = lr, halved every
+    `halflife` steps when given."""
     def init(params):
-        return {"buf": [torch.zeros_like(p) for p in params]} if momentum else {}
+        return {"t": 0, **({"buf": [torch.zeros_like(p) for p in params]} if momentum else {})}
 
     def update(params, grads, state):
-        grads = _decay(params, grads, weight_decay)
+        grads, t = _decay(params, grads, weight_decay), state["t"] + 1
         if momentum:
             grads = [momentum * b + g for b, g in zip(state["buf"], grads)]
-            state = {"buf": grads}
-        return [p - lr * g for p, g in zip(params, grads)], state
+        rate = _lr_at(lr, t, halflife)
+        return [p - rate * g for p, g in zip(params, grads)], {"t": t, **({"buf": grads} if momentum else {})}
 
     @torch.no_grad()
     def step_(params, grads, state):
@@ -57,14 +68,16 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, **_) -> Opt
             torch._foreach_mul_(state["buf"], momentum)
             torch._foreach_add_(state["buf"], grads)
             grads = state["buf"]
-        torch._foreach_add_(params, grads, alpha=-lr)
-        return state
+        t = state["t"] + 1
+        torch._foreach_add_(params, grads, alpha=-_lr_at(lr, t, halflife))
+        return {**state, "t": t}
     return Optimizer(init, update, lr, step_)
 
 
 def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-         weight_decay: float = 0.0, **_) -> Optimizer:
-    """Adam with bias correction (Kingma & Ba), weight decay added to the gradient."""
+         weight_decay: float = 0.0, halflife: float | None = None, **_) -> Optimizer:
+    """Adam with bias correction (Kingma & Ba), weight decay added to the gradient; the learning rate
+    halved every `halflife` steps when given."""
     def init(params):
         return {"t": 0, "m": [torch.zeros_like(p) for p in params], "v": [torch.zeros_like(p) for p in params]}
 
@@ -74,7 +87,8 @@ def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float 
         m = [beta1 * m + (1 - beta1) * g for m, g in zip(state["m"], grads)]
         v = [beta2 * v + (1 - beta2) * g * g for v, g in zip(state["v"], grads)]
         c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
-        new = [p - lr * (mi / c1) / (_sqrt(vi / c2) + eps) for p, mi, vi in zip(params, m, v)]
+        rate = _lr_at(lr, t, halflife)
+        new = [p - rate * (mi / c1) / (_sqrt(vi / c2) + eps) for p, mi, vi in zip(params, m, v)]
         return new, {"t": t, "m": m, "v": v}
 
     @torch.no_grad()
@@ -88,7 +102,7 @@ def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float 
         denom = torch._foreach_sqrt(state["v"])
         torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))        # sqrt(v / c2)
         torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, state["m"], denom, value=-lr / (1 - beta1 ** t))
+        torch._foreach_addcdiv_(params, state["m"], denom, value=-_lr_at(lr, t, halflife) / (1 - beta1 ** t))
         return {**state, "t": t}
     return Optimizer(init, update, lr, step_)
 

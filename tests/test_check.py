@@ -315,7 +315,7 @@ BAD_OVERRIDES = [
     ("pretrain.optimizer.lr=0", OutOfRange, (23, 24), "'lr' must be > 0, got 0", None),
     ("pretrain.optimizer.lr=-1e-3", OutOfRange, (23, 28), "'lr' must be > 0, got -0.001", None),
     ("pretrain.optimizer.lrr=1e-4", BadArgument, (20, 28),
-     "adam has no parameter 'lrr' (it takes lr, beta1, beta2, eps, weight_decay)", "lr"),
+     "adam has no parameter 'lrr' (it takes lr, beta1, beta2, eps, weight_decay, halflife)", "lr"),
     ("pretrain.optimiser.lr=1", UnknownName, (1, 22),
      "cannot override 'optimiser.lr' of pretrain (try: optimizer.lr, steps, unroll, data.batch)", "optimizer.lr"),
     ("data.pt.seed=x", BadArgument, (14, 15), "'seed' must be an integer, got a name", None),

@@ -161,3 +161,36 @@ meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
 
 def test_flattened_digits_feed_an_mlp():
     assert [(m.name, m.in_dim) for m in compile_spec(FLAT, "s.mpt").modules][0] == ("encoder", 256)
+
+
+# ---- the restarts protocol (rotation_error_deg) ----------------------------------------------------------
+ROTATION = """\
+data pt = images.digits(portion: [0.0, 0.3])
+data ft = images.digits(portion: [0.7, 1.0], rotate: 90, rotate_sigma: 5, seed: 1) split train 0.3, val 0.7
+model encoder = cnn2d(channels: [4], pool: flatten)
+head pt_head = linear(out: 10)
+head ft_head = linear(out: 10)
+meta phi: scalar = 0 in [-180, 360]
+pretrain { data pt batch 16  loss mean(ce(pt_head(encoder(x)), y))  steps 2  augment rotate(mean: phi, std: 5) }
+finetune { data ft.train batch 16  loss mean(ce(ft_head(encoder(x)), y)) }
+meta_objective mean(ce(ft_head(encoder(x)), y)) on ft.val
+hypergradient pretrain: ift(neumann(terms: 2, scale: auto, rescale_every: 1, power_iters: 2))
+meta_optimizer adam(lr: 5)
+train meta_steps 3 warmup 2 seed 0 device cpu
+"""
+
+
+def test_every_restart_starts_afresh():
+    """A restart from an angle lands where a restart from that angle lands first, even after other runs:
+    the estimator's running state (here Neumann's lambda_max, whose power iteration is seeded by the
+    meta-step count) is reset with the data streams and the noise."""
+    from mptc.runtime.data import Data
+    from mptc.runtime.executor import Trainer
+    from mptc.runtime.headlines import restarts
+    from mptc.runtime.program import Program
+    plan = compile_spec(ROTATION, "r.mpt")
+    device = torch.device("cpu")
+    trainer = Trainer(plan, Program(plan, device), Data(plan, device))
+    found = restarts(trainer, [30.0, 60.0, 30.0])
+    assert found["finals"][0] == found["finals"][2] != 30.0
+    assert restarts(trainer, [30.0])["finals"] == found["finals"][:1]

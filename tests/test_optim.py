@@ -10,7 +10,21 @@ OPTIMIZERS = {
     "sgd-momentum-decay": lambda: sgd(lr=0.1, momentum=0.9, weight_decay=0.01),
     "adam": lambda: adam(lr=0.01),
     "adam-decay": lambda: adam(lr=0.01, weight_decay=0.1, beta1=0.8),
+    "sgd-halflife": lambda: sgd(lr=0.1, momentum=0.5, halflife=2),
+    "adam-halflife": lambda: adam(lr=0.01, halflife=1.5),
 }
+
+
+@pytest.mark.parametrize("opt", [sgd(lr=0.8, halflife=2), adam(lr=0.8, halflife=2)], ids=["sgd", "adam"])
+def test_halflife_halves_the_step_every_halflife_steps(opt):
+    """With a constant gradient both optimizers step by lr * 0.5 ** ((t - 1) / halflife) (Adam: m/sqrt(v) = 1)."""
+    p, state, moves = [torch.tensor([0.0], dtype=torch.float64)], None, []
+    state = opt.init(p)
+    for _ in range(5):
+        new, state = opt.update(p, [torch.tensor([1.0], dtype=torch.float64)], state)
+        moves.append(float(p[0] - new[0]))
+        p = new
+    assert moves == pytest.approx([0.8 * 0.5 ** (t / 2) for t in range(5)], rel=1e-6)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
