@@ -14,19 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from mptc.commands import _methods
+from mptc.commands import _methods, seed_overrides
 from mptc.compiler.lower import compile_spec
 from mptc.runtime.evaluate import summarize
 from mptc.runtime.executor import run_plan
-
-
-def overrides(vary: list[str], seed: int) -> list[str]:
-    """``--set`` strings for seed ``seed``: ``key`` -> ``key=seed``, ``key+k`` -> ``key=seed+k``."""
-    out = []
-    for item in vary:
-        key, _, offset = item.partition("+")
-        out.append(f"{key}={seed + int(offset or 0)}")
-    return out
 
 
 def run_seed(spec: str, text: str, sets: list[str], out: Path) -> dict:
@@ -60,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     text, start, rows = Path(args.spec).read_text(), time.time(), []
     for seed in range(args.seeds):
-        sets = [*args.set, *overrides(args.vary, seed)]
+        sets = [*args.set, *seed_overrides(args.vary, seed)]
         row = run_seed(args.spec, text, sets, Path(args.out) / f"{Path(args.spec).stem}-{seed}")
         rows.append(row)
         print(f"seed {seed} ({' '.join(sets)}): "
