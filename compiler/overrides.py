@@ -4,7 +4,9 @@ into a synthetic source named `--set KEY=VALUE`, so errors in it render like any
 
 Paths: `train.seed`, `meta_optimizer.lr`, `evaluate.seeds`, `data.NAME.ARG`, `model.NAME.ARG`,
 `head.NAME.ARG`, `pretrain.optimizer.lr`, `pretrain.steps`, `pretrain.data.batch`, `finetune.unroll`,
-`meta.NAME.init`.
+`meta.NAME.init`; and a whole component, `NAME(ARGS)` in place of the one written: `meta_optimizer`,
+`evaluate`, `data.NAME` (e.g. the real data instead of its stand-in), `model.NAME`, `head.NAME`,
+`pretrain.optimizer`, `finetune.optimizer`.
 
     >>> from mptc.compiler.parse import parse
     >>> spec = parse("train seed 0", "q.mpt")
@@ -66,31 +68,47 @@ def _replace(spec, old, new):
     return attrs.evolve(spec, items=tuple(new if i is old else i for i in spec.items))
 
 
+def _component(value, key_span, key):
+    """VALUE as a whole component, `name` or `name(args)`."""
+    if not isinstance(value, (ast.Call, ast.Ref)):
+        raise SpecErrors([BadArgument(value.span, f"--set {key}=... takes a component, e.g. NAME(ARG: VALUE)")], "")
+    return value
+
+
 def _override_call_holder(spec, parts, value, key_span):
     kind = {"data": (ast.DataDecl, "source"), "model": (ast.ModelDecl, "component"),
             "head": (ast.HeadDecl, "component")}[parts[0]]
-    if len(parts) != 3:
-        raise SpecErrors([BadArgument(key_span, f"use --set {parts[0]}.NAME.ARGUMENT=VALUE")], "")
+    if len(parts) not in (2, 3):
+        raise SpecErrors([BadArgument(key_span, f"use --set {parts[0]}.NAME.ARGUMENT=VALUE or "
+                                                f"{parts[0]}.NAME=COMPONENT(ARGS)")], "")
     decl = _named(spec, kind[0], parts[1], key_span, parts[0])
     call = getattr(decl, kind[1])
-    return _replace(spec, decl, attrs.evolve(decl, **{kind[1]: _set_kwarg(call, parts[2], value, key_span)}))
+    new = (_set_kwarg(call, parts[2], value, key_span) if len(parts) == 3
+           else _component(value, key_span, ".".join(parts)))
+    return _replace(spec, decl, attrs.evolve(decl, **{kind[1]: new}))
 
 
 def _override_single(spec, parts, value, key_span):
     kind = {"train": ast.TrainDecl, "meta_optimizer": ast.MetaOptimizerDecl, "evaluate": ast.EvaluateDecl}[parts[0]]
     decl = next((i for i in spec.items if isinstance(i, kind)), None)
-    if len(parts) != 2:
+    whole = len(parts) == 1 and kind is not ast.TrainDecl
+    if len(parts) != 2 and not whole:
         raise SpecErrors([BadArgument(key_span, f"use --set {parts[0]}.KEY=VALUE")], "")
     if decl is None and kind is ast.TrainDecl:
         option = ast.Option(_tail(key_span, parts[1], value), parts[1], value)
         return attrs.evolve(spec, items=spec.items + (ast.TrainDecl(option.span, (option,)),))
+    if decl is None and whole:                          # a meta-optimizer or evaluation the spec left out
+        call = _component(value, key_span, parts[0])
+        extra = {"against": ()} if kind is ast.EvaluateDecl else {}
+        return attrs.evolve(spec, items=spec.items + (kind(call.span, call, **extra),))
     if decl is None:
         _fail(key_span, f"the spec has no '{parts[0]}' to override")
     if kind is ast.TrainDecl:
         options = [o for o in decl.options if o.key != parts[1]] + [ast.Option(_tail(key_span, parts[1], value),
                                                                             parts[1], value)]
         return _replace(spec, decl, attrs.evolve(decl, options=tuple(options)))
-    return _replace(spec, decl, attrs.evolve(decl, call=_set_kwarg(decl.call, parts[1], value, key_span)))
+    call = _component(value, key_span, parts[0]) if whole else _set_kwarg(decl.call, parts[1], value, key_span)
+    return _replace(spec, decl, attrs.evolve(decl, call=call))
 
 
 _STAGE_INT = {"steps": (ast.StepsClause, "n"), "unroll": (ast.UnrollClause, "k")}
@@ -101,15 +119,17 @@ def _override_stage(spec, parts, value, key_span):
     if stage is None:
         _fail(key_span, f"the spec has no '{parts[0]}' block")
     rest = parts[1:]
-    if rest[:1] == ["optimizer"] and len(rest) == 2:
+    if rest[:1] == ["optimizer"] and len(rest) in (1, 2):
         clause = next((c for c in stage.clauses if isinstance(c, ast.OptimizerClause)), None)
         if clause is None:
             _fail(key_span, f"'{parts[0]}' has no 'optimizer' clause")
-        new = attrs.evolve(clause, call=_set_kwarg(clause.call, rest[1], value, key_span))
+        call = (_set_kwarg(clause.call, rest[1], value, key_span) if len(rest) == 2
+                else _component(value, key_span, ".".join(parts)))
+        new = attrs.evolve(clause, call=call)
     elif rest == ["data", "batch"] or (len(rest) == 1 and rest[0] in _STAGE_INT):
         new = _int_clause(stage, rest, value, key_span)
     else:
-        opts = ["optimizer.lr", "steps", "unroll", "data.batch"]
+        opts = ["optimizer.lr", "optimizer", "steps", "unroll", "data.batch"]
         _fail(key_span, f"cannot override '{'.'.join(rest)}' of {parts[0]} (try: {', '.join(opts)})", opts, ".".join(rest))
     clauses = tuple(new if c is _clause_of(stage, new) else c for c in stage.clauses)
     return _replace(spec, stage, attrs.evolve(stage, clauses=clauses))

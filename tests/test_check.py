@@ -272,7 +272,21 @@ OVERRIDES = [
     ("model.encoder.hidden=[16, 2]", lambda p: p.modules[0].out_dim, 2),
     ("head.pt_head.bias=false", lambda p: p.modules[1].component.args["bias"], False),
     ("meta.w.init=-0.5", lambda p: p.metas[0].init, -0.5),
+    # a whole component in place of the one written
+    ("meta_optimizer=sgd(lr: 1e6)", lambda p: (p.meta_optimizer.name, p.meta_optimizer.args["lr"]), ("sgd", 1e6)),
+    ("pretrain.optimizer=sgd(lr: 0.2, momentum: 0.9)", lambda p: (p.pretrain.optimizer.name,
+                                                                  p.pretrain.optimizer.args["momentum"]), ("sgd", 0.9)),
+    ("finetune.optimizer=adam", lambda p: p.finetune.optimizer.name, "adam"),
+    ("model.encoder=linear(out: 3)", lambda p: (p.modules[0].component.name, p.modules[0].out_dim), ("linear", 3)),
 ]
+
+
+def test_a_whole_evaluation_can_be_overridden():
+    from mptc.compiler.lower import QUICKSTART
+    text = open(QUICKSTART).read()
+    plan = compile_spec(text, QUICKSTART, ["evaluate=finetune(seeds: 2, mode: linear)"])
+    assert (plan.evaluate.protocol.args["seeds"], plan.evaluate.protocol.args["mode"]) == (2, "linear")
+    assert plan.evaluate.baselines == compile_spec(text, QUICKSTART).evaluate.baselines      # `against` is kept
 
 
 # an override changes a clause the spec has: `pretrain.steps` needs a `steps` clause, `.optimizer.lr` an optimizer
@@ -310,6 +324,11 @@ BAD_OVERRIDES = [
      "unknown override root 'trian' (known: data, model, head, train, meta_optimizer, evaluate, pretrain, finetune, "
      "meta)", "train"),
     ("train=3", BadArgument, (1, 6), "use --set train.KEY=VALUE", None),
+    ("meta_optimizer=3", BadArgument, (16, 17), "--set meta_optimizer=... takes a component, e.g. NAME(ARG: VALUE)",
+     None),
+    ("meta_optimizer=sgdd(lr: 1)", UnknownComponent, (16, 20),
+     "unknown optimizer 'sgdd' (known: adam, sgd)", "sgd"),
+    ("model.encoder=mlp(hiden: [4])", BadArgument, (19, 29), "mlp has no parameter 'hiden' (it takes hidden, in, activation, dropout, last_activation)", "hidden"),
     ("train.seed", BadArgument, (1, 11), "--set takes KEY=VALUE, e.g. --set train.seed=3", None),
     ("train.seed=", BadArgument, (1, 11), "--set takes KEY=VALUE, e.g. --set train.seed=3", None),
     ("pretrain.optimizer.lr=0", OutOfRange, (23, 24), "'lr' must be > 0, got 0", None),
@@ -317,13 +336,14 @@ BAD_OVERRIDES = [
     ("pretrain.optimizer.lrr=1e-4", BadArgument, (20, 28),
      "adam has no parameter 'lrr' (it takes lr, beta1, beta2, eps, weight_decay, halflife)", "lr"),
     ("pretrain.optimiser.lr=1", UnknownName, (1, 22),
-     "cannot override 'optimiser.lr' of pretrain (try: optimizer.lr, steps, unroll, data.batch)", "optimizer.lr"),
+     "cannot override 'optimiser.lr' of pretrain (try: optimizer.lr, optimizer, steps, unroll, data.batch)", "optimizer.lr"),
     ("data.pt.seed=x", BadArgument, (14, 15), "'seed' must be an integer, got a name", None),
     ("data.pt.sed=2", BadArgument, (9, 14),
      "synthetic.multitask has no parameter 'sed' (it takes examples, dim, tasks, related, adversarial, factors, "
      "related_factors, noise, prototypes, spread, seed)", "seed"),
     ("data.ptt.seed=2", UnknownName, (1, 14), "no data 'ptt' in the spec", "pt"),
-    ("data.pt=2", BadArgument, (1, 8), "use --set data.NAME.ARGUMENT=VALUE", None),
+    ("data.pt=2", BadArgument, (9, 10), "--set data.pt=... takes a component, e.g. NAME(ARG: VALUE)", None),
+    ("data=2", BadArgument, (1, 5), "use --set data.NAME.ARGUMENT=VALUE or data.NAME=COMPONENT(ARGS)", None),
     ("finetune.unroll=0", OutOfRange, (10, 18), "unroll must be >= 1, got 0", None),
     ("finetune.unroll=2.5", BadArgument, (17, 20), "'unroll' must be an integer", None),
     ("finetune.steps=2", UnknownName, (1, 15), "'finetune' has no 'steps' clause to override", None),
