@@ -96,10 +96,11 @@ class _Checker:
         return {n: d for n, d in self.decls.items() if isinstance(d, kind)}
 
     # ---- pass 2: components and their arguments ----------------------------------------------------
-    def component(self, registry, expr, ctx=None):
+    def component(self, registry, expr, ctx=None, node=None):
+        """Checks `expr` against `registry`; the result is kept for lowering under `node` (default expr)."""
         checked = check_component(registry, expr, self.errors, ctx or {"datasets": self.of(ast.DataDecl)})
         if checked is not None:
-            self.args[id(expr)] = checked
+            self.args[id(expr if node is None else node)] = checked
         return checked
 
     def datasets(self):
@@ -312,8 +313,8 @@ class _Checker:
         scope = {"x": data_shapes["x"], "y": data_shapes["y"]} if data_shapes else {"x": None, "y": None}
         return self.augment_args(call, scope)
 
-    def augment_args(self, call, scope):
-        checked = self.component(AUGMENTATIONS, call)
+    def augment_args(self, call, scope, node=None):
+        checked = self.component(AUGMENTATIONS, call, node=node)
         for name, value in (checked or {"args": {}})["args"].items():
             if not attrs.has(type(value)):        # a constant (or a default)
                 continue
@@ -333,11 +334,7 @@ class _Checker:
                                  f"got {len(expr.args)} positional arguments"))
             return None
         in_shape = self.shape(expr.args[0], scope)
-        params = attrs.evolve(expr, args=())
-        checked = self.augment_args(params, scope)
-        self.args.pop(id(params), None)
-        if checked is not None:
-            self.args[id(expr)] = checked
+        self.augment_args(attrs.evolve(expr, args=()), scope, node=expr)   # the keywords only
         return in_shape
 
     def data_ref_shapes(self, clause):

@@ -59,15 +59,15 @@ MODELS.register("linear", [Param("out", "int", min=1), Param("in", "int", None, 
 def _conv_shape(axes: int):
     """The shape rule of a CNN over `axes` spatial axes: [batch, channels, *axes] -> [batch, features]."""
     def rule(args, in_shape):
-        if in_shape is None:
-            return (B, args.get("out") or args["channels"][-1]) if args["pool"] != "flatten" or args.get("out") else None
-        if len(in_shape) != 2 + axes or is_graph(in_shape):
+        if in_shape is not None and (len(in_shape) != 2 + axes or is_graph(in_shape)):
             want = "[batch, channels, length]" if axes == 1 else "[batch, channels, height, width]"
             raise ShapeProblem(f"expects inputs of shape {want}, got {_fmt(in_shape)}")
         if args.get("out") is not None:
             return (B, args["out"])
         if args["pool"] != "flatten":
             return (B, args["channels"][-1])
+        if in_shape is None:                      # flattened: the width depends on the input's size
+            return None
         sizes = list(in_shape[2:])
         for _ in args["channels"]:
             sizes = [(n + 2 * (args["kernel"] // 2) - args["kernel"]) // args["stride"] + 1 for n in sizes]

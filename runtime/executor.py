@@ -336,14 +336,15 @@ def evaluate(trainer: Trainer, states: dict) -> dict:
         from mptc.runtime.data import heldout_splits
         splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
     sizes = args.pop("labels", None)
+    counts = sizes or [None]                              # None: the whole train split
     out = {}
     for method, state in states.items():
         encoder = _encoder(trainer, state)
         by_size = {}
-        for n in sizes or [None]:
+        for n in counts:
             values = [finetune_evaluate(encoder, labelled(splits, n, s), seed=s, **args) for s in range(seeds)]
             by_size[n] = {**summarize(values), "values": values}
-        out[method] = {"metric": args["metric"], **by_size[(sizes or [None])[0]]}
+        out[method] = {"metric": args["metric"], **by_size[counts[0]]}
         if sizes:
             out[method]["by_labels"] = {str(n): r for n, r in by_size.items()}
     return out
