@@ -43,7 +43,7 @@ class Ref:
 
     @property
     def dotted(self) -> str:
-        return ".".join(self.parts)
+        return self.parts[0] if len(self.parts) == 1 else ".".join(self.parts)
 
 
 @frozen

@@ -55,6 +55,7 @@ class Checked:
     space_sizes: dict      # space name -> number of objectives
     let_order: tuple       # let names, dependencies first
     meta_only_lets: frozenset
+    let_free: dict         # let name -> the names it depends on, through other lets (inputs, metas, modules)
 
 
 class _Checker:
@@ -68,6 +69,7 @@ class _Checker:
         self.scoped_shapes: dict = {}  # (let, (x shape, y shape)) -> shape, for lets that read the batch
         self.let_deps: dict = {}
         self.batch_lets: set = set()
+        self._of: dict = {}
 
     def err(self, e):
         self.errors.append(e)
@@ -93,7 +95,11 @@ class _Checker:
             table[key] = item
 
     def of(self, kind):
-        return {n: d for n, d in self.decls.items() if isinstance(d, kind)}
+        """The declarations of a kind (or tuple of kinds), by name; computed once per kind (read-only)."""
+        found = self._of.get(kind)
+        if found is None:
+            found = self._of[kind] = {n: d for n, d in self.decls.items() if isinstance(d, kind)}
+        return found
 
     # ---- pass 2: components and their arguments ----------------------------------------------------
     def component(self, registry, expr, ctx=None, node=None):
@@ -200,6 +206,7 @@ class _Checker:
     # ---- pass 3: lets (cycles), stages and expressions ---------------------------------------------
     def let_order(self) -> tuple:
         lets, order, state = self.of(ast.LetDecl), [], {}
+        self.let_names = {name: _names(decl.value) for name, decl in lets.items()}  # (refs, calls)
 
         def visit(name, path):
             if state.get(name) == "done":
@@ -210,7 +217,7 @@ class _Checker:
                 state[name] = "done"
                 return
             state[name] = "open"
-            for dep in _refs(lets[name].value):
+            for dep in self.let_names[name][0]:
                 if dep in lets:
                     visit(dep, path + [name])
             state[name] = "done"
@@ -280,9 +287,9 @@ class _Checker:
         batch; then the shape of every let that does not (computed once, so chains never recurse deep)."""
         lets, self.let_deps, self.batch_lets = self.of(ast.LetDecl), {}, set()
         for name in self.let_order_names:
-            direct = _refs(lets[name].value) | _calls(lets[name].value)
+            direct = self.let_names[name][0] | self.let_names[name][1]
             deps = set()
-            for d in direct & set(lets):
+            for d in direct & lets.keys():
                 deps |= {d} | self.let_deps.get(d, set())
             self.let_deps[name] = deps
             if direct & set(INPUTS) or deps & self.batch_lets:
@@ -350,8 +357,7 @@ class _Checker:
     # ---- shape inference ---------------------------------------------------------------------------
     def shape(self, expr, scope):
         """The shape of an expression (a tuple, "B" for the batch), None when unknown."""
-        method = getattr(self, "shape_" + type(expr).__name__)
-        return method(expr, scope)
+        return _SHAPERS[type(expr)](self, expr, scope)
 
     def shape_Number(self, expr, scope):
         return ()
@@ -573,11 +579,13 @@ class _Checker:
         self.required()
         if self.errors:
             raise SpecErrors(_dedupe(self.errors), "")
-        metas = set(self.of(ast.MetaDecl))
-        lets, memo = self.of(ast.LetDecl), {}
-        meta_only = frozenset(n for n in self.let_order_names if _free(self.decls[n].value, lets, memo) <= metas)
+        let_free = {}  # dependencies first, so each let's names are resolved once
+        for name in self.let_order_names:
+            let_free[name] = _through(self.let_names[name][0] | self.let_names[name][1], let_free)
+        metas = self.of(ast.MetaDecl).keys()
+        meta_only = frozenset(n for n in self.let_order_names if let_free[n] <= metas)
         return Checked(self.spec, self.decls, self.args, self.stages, self.in_dims, self.data_shapes,
-                       self.space_sizes, self.let_order_names, meta_only)
+                       self.space_sizes, self.let_order_names, meta_only, let_free)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -637,61 +645,70 @@ def _mismatch_note(expr, left, right) -> str | None:
     return None
 
 
-_KIDS: dict = {}  # node type -> its fields that can hold nodes (spans excluded)
+_FIELDS: dict = {}  # node type -> its fields that can hold nodes (spans excluded)
+_NODES = frozenset(v for v in vars(ast).values() if isinstance(v, type) and attrs.has(v) and v is not Span)
 
 
-def _kids(node):
+def _kids(node) -> list:
     """The AST nodes directly inside `node`."""
-    names = _KIDS.get(type(node))
+    names = _FIELDS.get(type(node))
     if names is None:
-        names = _KIDS[type(node)] = tuple(f.name for f in attrs.fields(type(node))
-                                          if f.name not in ("span", "name_span"))
+        names = _FIELDS[type(node)] = tuple(f.name for f in attrs.fields(type(node))
+                                            if f.name not in ("span", "name_span"))
+    out = []
     for name in names:
         child = getattr(node, name)
-        for c in child if isinstance(child, tuple) else (child,):
-            if attrs.has(type(c)) and not isinstance(c, Span):
-                yield c
+        if type(child) is tuple:
+            out += [c for c in child if type(c) in _NODES]
+        elif type(child) in _NODES:
+            out.append(child)
+    return out
 
 
-def _refs(expr) -> set:
-    """Single names referenced by an expression (calls' function names excluded)."""
-    found, stack = set(), [expr] if attrs.has(type(expr)) else []
+def _names(expr) -> tuple[set, set]:
+    """(single names referenced, names called) in an expression, in one walk. A call's function name
+    counts as called, not referenced: models, heads, network meta-parameters, functions."""
+    refs, calls, stack = set(), set(), [expr] if type(expr) in _NODES else []
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.Ref):
-            found.add(node.dotted)
-        elif isinstance(node, ast.Call):
-            stack += [*node.args, *(k.value for k in node.kwargs)]
-        else:
+        kind = type(node)
+        if kind is ast.Ref:
+            refs.add(node.dotted)
+        elif kind is ast.BinOp:  # the commonest node, walked without the generic _kids
+            stack.append(node.left)
+            stack.append(node.right)
+        elif kind is ast.Call:
+            calls.add(node.func.dotted)
+            stack += node.args
+            stack += [k.value for k in node.kwargs]
+        elif kind is not ast.Number:
             stack += _kids(node)
-    return found
+    return refs, calls
 
 
 def _calls(expr) -> set:
-    """Names called in an expression (models, heads, network meta-parameters, functions)."""
-    found, stack = set(), [expr] if attrs.has(type(expr)) else []
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Call):
-            found.add(node.func.dotted)
-        stack += _kids(node)
-    return found
+    return _names(expr)[1]
 
 
-def _free(expr, lets, memo=None) -> set:
-    """Names an expression depends on, through lets (inputs, metas, modules); `memo` caches per let."""
-    memo = {} if memo is None else memo
-    names = _refs(expr) | _calls(expr)
+def _free(expr, let_free: dict) -> set:
+    """Names an expression depends on, through lets (inputs, metas, modules), given what each let
+    depends on (`Checked.let_free`)."""
+    refs, calls = _names(expr)
+    return _through(refs | calls, let_free)
+
+
+def _through(names, let_free: dict) -> set:
     out = set()
     for n in names:
-        if n in lets:
-            if n not in memo:
-                memo[n] = set()  # a cycle (already reported) stops here
-                memo[n] = _free(lets[n].value, lets, memo)
-            out |= memo[n]
+        if n in let_free:
+            out |= let_free[n]
         else:
             out.add(n)
-    return out - set(FUNCTIONS.names())
+    return {n for n in out if n not in FUNCTIONS}
+
+
+_SHAPERS = {getattr(ast, name[len("shape_"):]): method for name, method in vars(_Checker).items()
+            if name.startswith("shape_")}  # node type -> its shape rule
 
 
 def _end_span(spec):

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 from pathlib import Path
 
 import attrs
@@ -38,28 +40,26 @@ class _Lower:
         self.c = c
         self.metas = {n for n, d in c.decls.items() if isinstance(d, ast.MetaDecl)}
         self.lets = {n: d for n, d in c.decls.items() if isinstance(d, ast.LetDecl)}
-        self.free = {}  # let -> the names it depends on; filled dependencies first, so chains stay shallow
-        for n in c.let_order:
-            self.free[n] = _free(self.lets[n].value, self.lets, self.free)
 
     def expr(self, e) -> ir.IExpr:
-        if isinstance(e, ast.Number):
-            return ir.Const(e.value)
-        if isinstance(e, ast.ListExpr):
-            return ir.Const(fold(e))
-        if isinstance(e, ast.Ref):
+        kind = type(e)  # the commonest kinds first: a 1,000-line spec lowers thousands of these
+        if kind is ast.BinOp:
+            return ir.Bin(e.op, self.expr(e.left), self.expr(e.right))
+        if kind is ast.Ref:
             name = e.dotted
             return ir.Input(name) if name in ("x", "y") else ir.MetaRef(name) if name in self.metas else ir.LetRef(name)
-        if isinstance(e, ast.Call):
+        if kind is ast.Number:
+            return ir.Const(e.value)
+        if kind is ast.Call:
             name = e.func.dotted
             if name in self.c.decls:
                 return ir.Apply(name, self.expr(e.args[0]))
             if id(e) in self.c.args:                     # an augmentation called on its input
                 return ir.Augment(*self.augment_args(e), self.expr(e.args[0]))
             return ir.Fn(name, tuple(self.expr(a) for a in e.args))
-        if isinstance(e, ast.BinOp):
-            return ir.Bin(e.op, self.expr(e.left), self.expr(e.right))
-        if isinstance(e, ast.Neg):
+        if kind is ast.ListExpr:
+            return ir.Const(fold(e))
+        if kind is ast.Neg:
             return ir.Neg(self.expr(e.operand))
         return ir.Index(self.expr(e.target), self.expr(e.index))
 
@@ -125,7 +125,7 @@ class _Lower:
         return checked["name"], {k: self.expr(v) if attrs.has(type(v)) else v for k, v in checked["args"].items()}
 
     def modules_in(self, expr) -> tuple[str, ...]:
-        names = _free(expr, self.lets, self.free) | _calls(expr)
+        names = _free(expr, self.c.let_free) | _calls(expr)
         return tuple(n for n, d in self.c.decls.items()
                      if n in names and isinstance(d, (ast.ModelDecl, ast.HeadDecl)))
 
@@ -188,10 +188,25 @@ def lower(checked: Checked) -> ir.Plan:
     return _Lower(checked).plan()
 
 
+@contextlib.contextmanager
+def _no_cycle_collection():
+    """Compiling builds trees without reference cycles, which reference counting frees, so the cyclic
+    collector has nothing to find; left on, its passes over the tens of thousands of new nodes of a
+    long spec cost a third of the compile time (benchmarks/compiler_speed.py)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def compile_spec(text: str, path: str = "<spec>", overrides: list[str] = ()) -> ir.Plan:
     """parse -> (overrides) -> check -> lower. Raises SyntaxProblem or SpecErrors on user mistakes."""
-    spec = parse(text, path)
-    if overrides:
-        from mptc.compiler.overrides import apply_overrides
-        spec = apply_overrides(spec, overrides)
-    return lower(check(spec))
+    with _no_cycle_collection():
+        spec = parse(text, path)
+        if overrides:
+            from mptc.compiler.overrides import apply_overrides
+            spec = apply_overrides(spec, overrides)
+        return lower(check(spec))

@@ -254,6 +254,8 @@ def _same(args, shapes):
 
 def broadcast(a, b):
     """numpy broadcasting of two shapes ("B" only matches "B" or 1); None when they do not broadcast."""
+    if a == b:
+        return a
     out = []
     for i in range(1, max(len(a), len(b)) + 1):
         x = a[-i] if i <= len(a) else 1
