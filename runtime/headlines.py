@@ -44,17 +44,20 @@ def _scalar_meta(trainer, name: str | None) -> str:
 
 
 def restarts(trainer, inits: list[float], meta: str | None = None) -> dict:
-    """{"meta", "inits", "finals"}: meta-training repeated from each initial value of a scalar meta-parameter,
-    each from `Trainer.fresh_start` (the same as the main run's, whatever ran before)."""
+    """{"meta", "inits", "finals", "paths"}: meta-training repeated from each initial value of a scalar
+    meta-parameter, each from `Trainer.fresh_start` (the same as the main run's, whatever ran before);
+    `paths` holds each run's value after every meta-step."""
     from mptc.runtime.executor import meta_train
-    name, seed, finals = _scalar_meta(trainer, meta), trainer.plan.train.seed, []
+    name, seed, finals, paths = _scalar_meta(trainer, meta), trainer.plan.train.seed, [], []
     for init in inits:
         trainer.fresh_start(seed)
-        state = trainer.init_state()
+        state, path = trainer.init_state(), []
         state.metas[name] = torch.full_like(state.metas[name], init).requires_grad_()
-        state = meta_train(trainer, state, None)
+        record = lambda *_: path.append(round(float(state.metas[name].detach()), 3))  # noqa: E731
+        state = meta_train(trainer, state, None, bar=record)
         finals.append(float(state.metas[name].detach()))
-    return {"meta": name, "inits": list(inits), "finals": finals}
+        paths.append(path)
+    return {"meta": name, "inits": list(inits), "finals": finals, "paths": paths}
 
 
 def rotation_error(found: dict, target: float) -> dict:

@@ -194,3 +194,7 @@ def test_every_restart_starts_afresh():
     found = restarts(trainer, [30.0, 60.0, 30.0])
     assert found["finals"][0] == found["finals"][2] != 30.0
     assert restarts(trainer, [30.0])["finals"] == found["finals"][:1]
+    # each restart's path: the angle after every meta-step, ending at the final one
+    assert [len(p) for p in found["paths"]] == [3, 3, 3]
+    assert [p[-1] for p in found["paths"]] == [round(f, 3) for f in found["finals"]]
+    assert found["paths"][0] == found["paths"][2] != found["paths"][1]
