@@ -4,7 +4,7 @@ into a synthetic source named `--set KEY=VALUE`, so errors in it render like any
 
 Paths: `train.seed`, `meta_optimizer.lr`, `evaluate.seeds`, `data.NAME.ARG`, `model.NAME.ARG`,
 `head.NAME.ARG`, `pretrain.optimizer.lr`, `pretrain.steps`, `pretrain.data.batch`, `finetune.unroll`,
-`meta.NAME.init`; and a whole component, `NAME(ARGS)` in place of the one written: `meta_optimizer`,
+`meta.NAME.init`, `meta.NAME.length` (a vector's); and a whole component, `NAME(ARGS)` in place of the one written: `meta_optimizer`,
 `evaluate`, `data.NAME` (e.g. the real data instead of its stand-in), `model.NAME`, `head.NAME`,
 `pretrain.optimizer`, `finetune.optimizer`.
 
@@ -111,6 +111,16 @@ def _override_single(spec, parts, value, key_span):
     return _replace(spec, decl, attrs.evolve(decl, call=call))
 
 
+def _vector_length(decl, value, key_span) -> ast.VectorType:
+    """`vector[N]` with the N given (e.g. one weight per task of the real dataset, not the stand-in's)."""
+    if not isinstance(decl.type, ast.VectorType):
+        raise SpecErrors([BadArgument(key_span, f"'{decl.name}' is not a vector: only a vector has a length")], "")
+    number = fold(value)
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise SpecErrors([BadArgument(value.span, "'length' must be an integer")], "")
+    return ast.VectorType(_tail(key_span, "length", value), number)  # a range error points at the override
+
+
 _STAGE_INT = {"steps": (ast.StepsClause, "n"), "unroll": (ast.UnrollClause, "k")}
 
 
@@ -169,11 +179,13 @@ def apply_override(spec: ast.Spec, item: str) -> ast.Spec:
         return _override_single(spec, parts, value, key_span)
     if parts[0] in ("pretrain", "finetune"):
         return _override_stage(spec, parts, value, key_span)
-    if parts[0] == "meta" and len(parts) == 3 and parts[2] == "init":
+    if parts[0] == "meta" and len(parts) == 3 and parts[2] in ("init", "length"):
         decl = _named(spec, ast.MetaDecl, parts[1], key_span, "meta-parameter")
-        return _replace(spec, decl, attrs.evolve(decl, init=value))
+        if parts[2] == "init":
+            return _replace(spec, decl, attrs.evolve(decl, init=value))
+        return _replace(spec, decl, attrs.evolve(decl, type=_vector_length(decl, value, key_span)))
     if parts[0] == "meta":
-        raise SpecErrors([BadArgument(key_span, "use --set meta.NAME.init=VALUE")], "")
+        raise SpecErrors([BadArgument(key_span, "use --set meta.NAME.init=VALUE or meta.NAME.length=N")], "")
     _fail(key_span, f"unknown override root '{parts[0]}' (known: {', '.join(ROOTS)})", ROOTS, parts[0])
 
 

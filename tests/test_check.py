@@ -281,6 +281,18 @@ OVERRIDES = [
 ]
 
 
+def test_a_vector_length_follows_other_data():
+    """The real dataset has other task counts than its stand-in: the data, the head and the weights change
+    together; the length alone leaves the shapes at odds, reported against the spec."""
+    plan = compile_spec(BASE, P, ["data.pt.tasks=6", "head.pt_head.out=6", "meta.w.length=6"])
+    assert (plan.metas[0].size, plan.datasets[0].y_dim, plan.modules[1].out_dim) == (6, 6, 6)
+    assert "cannot combine shapes" in str(errors_of(BASE, ["meta.w.length=6"])[0].message)
+    scalar = edit("meta w: vector[4] = 0.0", "meta w: scalar = 0.0", BASE)
+    assert errors_of(scalar, ["meta.w.length=3"])[0].message == "'w' is not a vector: only a vector has a length"
+    zero = errors_of(BASE, ["meta.w.length=0"])[0]          # a range error points at the override
+    assert (zero.message, zero.span.path) == ("a vector needs at least one entry, got 0", "--set meta.w.length=0")
+
+
 def test_a_whole_evaluation_can_be_overridden():
     from mptc.compiler.lower import QUICKSTART
     text = open(QUICKSTART).read()
@@ -349,7 +361,8 @@ BAD_OVERRIDES = [
     ("finetune.steps=2", UnknownName, (1, 15), "'finetune' has no 'steps' clause to override", None),
     ("pretrain.data.batch=0", OutOfRange, (15, 22), "batch must be >= 1, got 0", None),
     ("pretrain.data.batch=x", BadArgument, (21, 22), "'data.batch' must be an integer", None),
-    ("meta.w=1", BadArgument, (1, 7), "use --set meta.NAME.init=VALUE", None),
+    ("meta.w=1", BadArgument, (1, 7), "use --set meta.NAME.init=VALUE or meta.NAME.length=N", None),
+    ("meta.w.length=2.5", BadArgument, (15, 18), "'length' must be an integer", None),
     ("meta.v.init=1", UnknownName, (1, 12), "no meta-parameter 'v' in the spec", None),
     ("evaluate.seeds=3", UnknownName, (1, 15), "the spec has no 'evaluate' to override", None),
     ("train.seed=(", SyntaxProblem, (13, 14),

@@ -3,6 +3,7 @@ partial FT access (tasks.heldout) and `mptc compare`'s table."""
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,24 @@ def test_compare_command_end_to_end(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["meta", "no_pretrain", "pretrain"]
     assert all(r["seeds"] == "2" for r in rows)
     assert rows[0]["runs"].split(";") == [str(tmp_path / "runs" / "tiny" / f"seed-{s}") for s in range(2)]
+
+
+# ---- the study on the real data: pretrain-gnns bio in place of the stand-in --------------------------
+@pytest.mark.parametrize("spec, ft", [("ppi_full_access", "ft"), ("ppi_partial_access", "ft_all")])
+def test_paper_specs_run_on_the_bio_layout_with_set(spec, ft, tmp_path):
+    """The recipe in the specs' headers: the real data's task counts (5000 PT, 40 FT) replace the stand-in's
+    with --set alone. A miniature file in the real layout, shrunken training."""
+    from tests.test_graphs import _write_legacy_bio
+    _write_legacy_bio(tmp_path, pt_tasks=5000, ft_tasks=40)
+    seen = 40 if ft == "ft" else 30                       # partial access: 10 of the 40 held out
+    sets = [f'data.pt=graphs.bio(root: "{tmp_path}")', f'data.{ft}=graphs.bio(root: "{tmp_path}", task: finetune)',
+            "head.pt_head.out=5000", f"head.ft_head.out={seen}", "meta.w.length=5000",
+            "model.encoder.layers=1", "model.encoder.hidden=4", "train.meta_steps=1", "train.warmup=0",
+            "pretrain.data.batch=4", "finetune.data.batch=2", "evaluate.epochs=1", "evaluate.seeds=1"]
+    out = tmp_path / "run"
+    path = Path(__file__).resolve().parent.parent / "specs" / "paper" / f"{spec}.mpt"
+    args = ["run", str(path), "--out", str(out), "--quiet"]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(m for m, e in ev.items() if isinstance(e, dict) and "metric" in e) == METHODS
+    assert len(json.loads((out / "meta.json").read_text())["task_weight"]) == 5000

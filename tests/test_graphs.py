@@ -96,8 +96,9 @@ def _old_data_class():
 SPECIES = [9606, 3702, 9606, 6239, 10090, 9606, 3702, 9606, 7227, 9606, 4932, 9606, 7955, 3702]
 
 
-def _write_legacy_bio(root, edge_width=9, zipfile=False):
-    """A (data, slices) collate like pretrain-gnns' file, objects of the old Data class in `__dict__`."""
+def _write_legacy_bio(root, edge_width=9, zipfile=False, pt_tasks=6, ft_tasks=3):
+    """A (data, slices) collate like pretrain-gnns' file, objects of the old Data class in `__dict__`
+    (the real file has pt_tasks=5000, ft_tasks=40)."""
     gen = torch.Generator().manual_seed(0)
     old = _old_data_class()
     xs, eis, eas, slices = [], [], [], {k: [0] for k in G._BIO_FIELDS}
@@ -108,16 +109,16 @@ def _write_legacy_bio(root, edge_width=9, zipfile=False):
         xs.append(torch.ones(n, 1)), eis.append(ei)
         eas.append((torch.rand(ei.shape[1], edge_width, generator=gen) < 0.3).float())
         for key, size in (("x", n), ("edge_index", ei.shape[1]), ("edge_attr", ei.shape[1]),
-                          ("center_node_idx", 1), ("species_id", 1), ("go_target_pretrain", 6),
-                          ("go_target_downstream", 3)):
+                          ("center_node_idx", 1), ("species_id", 1), ("go_target_pretrain", pt_tasks),
+                          ("go_target_downstream", ft_tasks)):
             slices[key].append(slices[key][-1] + size)
     graphs = len(SPECIES)
     data = old()
     data.__dict__.update(
         x=torch.cat(xs), edge_index=torch.cat(eis, 1), edge_attr=torch.cat(eas), y=None, pos=None,
         center_node_idx=torch.tensor([i % 3 for i in range(graphs)]), species_id=torch.tensor(SPECIES),
-        go_target_pretrain=torch.randint(0, 2, (graphs * 6,), generator=gen),
-        go_target_downstream=torch.randint(0, 2, (graphs * 3,), generator=gen))
+        go_target_pretrain=torch.randint(0, 2, (graphs * pt_tasks,), generator=gen),
+        go_target_downstream=torch.randint(0, 2, (graphs * ft_tasks,), generator=gen))
     folder = root / "supervised" / "processed"
     folder.mkdir(parents=True)
     fake = types.ModuleType("torch_geometric.data.data")
