@@ -265,11 +265,17 @@ def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None,
             log.log(step=step, meta_step=meta_step, pt_loss=pt_loss, ft_val_loss=float(l_val),
                     hypergrad_norm=norm, solver_iters=info["iters"], solver_residual=info["residual"],
                     skipped=nonfinite > 0, elapsed_s=round(time.perf_counter() - t0, 4),
-                    pt_s=round(t_pt, 6), **_timings(info), **extra)
+                    pt_s=round(t_pt, 6), **_timings(info), **_scalars(state), **extra)
         pt_losses, t_pt = [], 0.0
         if bar:
             bar(meta_step, pt_loss, float(l_val))
     return state
+
+
+def _scalars(state: State) -> dict:
+    """Each scalar meta-parameter's value after the meta-step, as `meta.NAME` (a learned angle or
+    temperature, followed as it moves)."""
+    return {f"meta.{n}": float(t.detach()) for n, t in state.metas.items() if t.numel() == 1}
 
 
 def _timings(info: dict) -> dict:

@@ -198,3 +198,16 @@ def test_every_restart_starts_afresh():
     assert [len(p) for p in found["paths"]] == [3, 3, 3]
     assert [p[-1] for p in found["paths"]] == [round(f, 3) for f in found["finals"]]
     assert found["paths"][0] == found["paths"][2] != found["paths"][1]
+
+
+def test_scalar_meta_parameters_are_logged_every_meta_step(tmp_path):
+    """metrics.jsonl follows a learned angle: `meta.phi` after each logged meta-step, the last = meta.json's."""
+    import json
+
+    from mptc.cli import main
+    (tmp_path / "r.mpt").write_text(ROTATION)
+    assert main(["run", str(tmp_path / "r.mpt"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    phis = [r["meta.phi"] for r in rows]
+    assert len(phis) == 2 and phis[0] != 0.0 and phis[0] != phis[1]      # meta-steps 1 and 3 (the last)
+    assert phis[-1] == pytest.approx(json.loads((tmp_path / "run" / "meta.json").read_text())["phi"])
