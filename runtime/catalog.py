@@ -413,6 +413,8 @@ PROTOCOLS.register("finetune", [
           doc="heldout: fine-tune on the heldout_* splits (tasks.heldout data): partial FT access"),
     Param("labels", "ints", None, min=1, doc="fine-tune on this many labelled train examples each (a random "
           "subset per seed), one result per size in eval.json's by_labels; the first size is the headline"),
+    Param("search_trials", "int", 2, min=1, doc="PT runs of the `search` baseline: for equal compute, the meta "
+          "run's wall time over a PT run's (about 2 on the graph study)"),
 ], target="mptc.runtime.evaluate:finetune_evaluate",
     doc="Fine-tune the pre-trained encoder with a fresh head per seed, early-stopped on FT-val.")
 PROTOCOLS.register("restarts", [
@@ -425,6 +427,9 @@ BASELINES.register("no_pretrain", [], target="mptc.runtime.executor:no_pretrain"
                    doc="The encoder at its initialisation.")
 BASELINES.register("pretrain", [], target="mptc.runtime.executor:plain_pretrain",
                    doc="The same PT budget with the meta-parameters fixed at their initial values.")
+BASELINES.register("search", [], target="mptc.runtime.search:search_baseline",
+                   doc="Random search over the meta-parameters: the best of finetune's search_trials PT runs at "
+                       "meta-parameters drawn uniformly in [-3, 3] (or their bounds), by the meta-objective.")
 BASELINES.register("cotrain", [], target="mptc.runtime.baselines:cotrain",
                    doc="One network on PT and FT labels, alternating batches, the same budget.")
 BASELINES.register("cotrain_pcgrad", [], target="mptc.runtime.baselines:cotrain_pcgrad",

@@ -342,6 +342,7 @@ def evaluate(trainer: Trainer, states: dict) -> dict:
         from mptc.runtime.data import heldout_splits
         splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
     sizes = args.pop("labels", None)
+    args.pop("search_trials", None)                       # the `search` baseline's, not fine-tuning's
     counts = sizes or [None]                              # None: the whole train split
     out = {}
     for method, state in states.items():

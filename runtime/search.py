@@ -33,15 +33,30 @@ def score(trainer, state) -> float:
 
 
 def random_search(trainer, log=None, bar=None):
+    """The `search` estimator: its arguments' trials and range (module docstring)."""
+    args = trainer.estimator.args
+    return search(trainer, args["trials"], args["low"], args["high"], log, bar)
+
+
+def search_baseline(trainer):
+    """The `search` baseline of `evaluate ... against`: random search beside a hypergradient method, with
+    the evaluation's `search_trials` trials (equal compute when it is the meta run's cost in PT runs) in
+    the search estimator's default range."""
+    from mptc.runtime.registry import ESTIMATORS
+    low, high = (next(p.default for p in ESTIMATORS.get("search").params if p.name == k) for k in ("low", "high"))
+    return search(trainer, trainer.plan.evaluate.protocol.args["search_trials"], low, high)
+
+
+def search(trainer, trials: int, low: float, high: float, log=None, bar=None):
     """The best of `trials` PT runs at random meta-parameters (module docstring); logs one line a trial."""
     from mptc.runtime.executor import meta_train
-    args, seed = trainer.estimator.args, trainer.plan.train.seed
+    seed = trainer.plan.train.seed
     gen = torch.Generator().manual_seed(seed)
     best, best_score = None, float("inf")
-    for trial in range(args["trials"]):
+    for trial in range(trials):
         trainer.data.reseed(seed)                       # every trial sees the same batches
         state = trainer.init_state()
-        metas = _draw(trainer, gen, args["low"], args["high"])
+        metas = _draw(trainer, gen, low, high)
         if trial:
             state.metas = metas
         state = meta_train(trainer, state, None, mode="online")

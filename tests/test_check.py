@@ -191,7 +191,7 @@ NEGATIVE = [
      [(MissingPart, 18, 1, 67, "evaluate fine-tunes on 'ft', which needs the splits train, val and test "
                                 "(missing: test)", None),
       (DuplicateName, 18, 34, 50, "'metric' is given twice", None),
-      (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: cotrain, cotrain_pcgrad, no_pretrain, pretrain)", None)]),
+      (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: cotrain, cotrain_pcgrad, no_pretrain, pretrain, search)", None)]),
     (("data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2)",
       "data pt = synthetic.multitask(examples: 64, tasks: 4, related: 2)"),
      [(BadArgument, 1, 11, 66, "synthetic.multitask needs 'dim'", None)]),

@@ -307,6 +307,13 @@ def test_formatting_does_not_change_the_plan(path, monkeypatch):
     assert to_json(compile_spec(format_text(text, P), str(path))) == to_json(compile_spec(text, str(path)))
 
 
+@pytest.mark.parametrize("path", sorted(ROOT.glob("specs/**/*.mpt")), ids=lambda p: p.name)
+def test_shipped_specs_are_formatted(path):
+    """The specs we ship are what `mptc fmt` writes (`mptc fmt specs/` fixes one that is not)."""
+    text = path.read_text(encoding="utf-8")
+    assert format_text(text, str(path)) == text
+
+
 # ---- mptc fmt ------------------------------------------------------------------------------------
 @pytest.fixture
 def files(tmp_path):

@@ -35,9 +35,9 @@ finetune { data ft.train batch 8  loss mean(bce(ft_head(encoder(x)), y))  unroll
 meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
 meta_optimizer adam(lr: 0.1)
 train meta_steps 2 warmup 1 seed 0 device cpu
-evaluate finetune(epochs: 1, seeds: 1, tasks: heldout) against no_pretrain, pretrain, cotrain, cotrain_pcgrad
+evaluate finetune(epochs: 1, seeds: 1, tasks: heldout, search_trials: 2) against no_pretrain, pretrain, cotrain, cotrain_pcgrad, search
 """
-METHODS = {"meta", "no_pretrain", "pretrain", "cotrain", "cotrain_pcgrad"}
+METHODS = {"meta", "no_pretrain", "pretrain", "cotrain", "cotrain_pcgrad", "search"}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,19 @@ def _trainer(text=GRAPH):
     plan = compile_spec(text, "g.mpt")
     torch.manual_seed(0)
     return Trainer(plan, Program(plan, torch.device("cpu")), Data(plan, torch.device("cpu")))
+
+
+def test_search_baseline_keeps_the_best_of_its_trials(monkeypatch):
+    """`search` runs search_trials PT runs, the first at the initial meta-parameters, the others drawn in
+    [-3, 3], and keeps the one the meta-objective scores best."""
+    from mptc.runtime import search
+    trainer, scored = _trainer(), []
+    real = search.score
+    monkeypatch.setattr(search, "score", lambda t, state: scored.append((state, real(t, state))) or scored[-1][1])
+    best = search.search_baseline(trainer)
+    assert len(scored) == 2 and best is min(scored, key=lambda s: s[1])[0]
+    first, second = (s[0].metas["w"].detach() for s in scored)
+    assert torch.equal(first, torch.zeros(6)) and (second.abs() <= 3).all() and not torch.equal(second, first)
 
 
 @pytest.mark.parametrize("baseline", [cotrain, cotrain_pcgrad])
