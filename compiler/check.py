@@ -207,6 +207,7 @@ class _Checker:
     def let_order(self) -> tuple:
         lets, order, state = self.of(ast.LetDecl), [], {}
         self.let_names = {name: _names(decl.value) for name, decl in lets.items()}  # (refs, calls)
+        self.let_uses = {name: refs | calls for name, (refs, calls) in self.let_names.items()}
 
         def visit(name, path):
             if state.get(name) == "done":
@@ -287,7 +288,7 @@ class _Checker:
         batch; then the shape of every let that does not (computed once, so chains never recurse deep)."""
         lets, self.let_deps, self.batch_lets = self.of(ast.LetDecl), {}, set()
         for name in self.let_order_names:
-            direct = self.let_names[name][0] | self.let_names[name][1]
+            direct = self.let_uses[name]
             deps = set()
             for d in direct & lets.keys():
                 deps |= {d} | self.let_deps.get(d, set())
@@ -581,7 +582,7 @@ class _Checker:
             raise SpecErrors(_dedupe(self.errors), "")
         let_free = {}  # dependencies first, so each let's names are resolved once
         for name in self.let_order_names:
-            let_free[name] = _through(self.let_names[name][0] | self.let_names[name][1], let_free)
+            let_free[name] = _through(self.let_uses[name], let_free)
         metas = self.of(ast.MetaDecl).keys()
         meta_only = frozenset(n for n in self.let_order_names if let_free[n] <= metas)
         return Checked(self.spec, self.decls, self.args, self.stages, self.in_dims, self.data_shapes,

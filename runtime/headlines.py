@@ -53,7 +53,8 @@ def restarts(trainer, inits: list[float], meta: str | None = None) -> dict:
         trainer.fresh_start(seed)
         state, path = trainer.init_state(), []
         state.metas[name] = torch.full_like(state.metas[name], init).requires_grad_()
-        record = lambda *_: path.append(round(float(state.metas[name].detach()), 3))  # noqa: E731
+        def record(*_):  # meta_train's progress callback, after each meta-step
+            path.append(round(float(state.metas[name].detach()), 3))
         state = meta_train(trainer, state, None, bar=record)
         finals.append(float(state.metas[name].detach()))
         paths.append(path)

@@ -43,8 +43,8 @@ def search_baseline(trainer):
     the evaluation's `search_trials` trials (equal compute when it is the meta run's cost in PT runs) in
     the search estimator's default range."""
     from mptc.runtime.registry import ESTIMATORS
-    low, high = (next(p.default for p in ESTIMATORS.get("search").params if p.name == k) for k in ("low", "high"))
-    return search(trainer, trainer.plan.evaluate.protocol.args["search_trials"], low, high)
+    defaults = {p.name: p.default for p in ESTIMATORS.get("search").params}
+    return search(trainer, trainer.plan.evaluate.protocol.args["search_trials"], defaults["low"], defaults["high"])
 
 
 def search(trainer, trials: int, low: float, high: float, log=None, bar=None):
