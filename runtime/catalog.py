@@ -390,6 +390,10 @@ ESTIMATORS.register("ift", [
           doc="how H u is formed; auto times the exact modes once and keeps the fastest"),
     Param("fused", "bool", False, doc="reuse the last PT step's gradient graph for H and the mixed term "
                                       "(one forward/backward less; H at theta_{P-1} instead of theta_P)"),
+    Param("mixed_batches", "int", 1, min=1, doc="the last N PT batches the mixed term d2L_PT/dtheta dphi "
+                                               "averages over (variance / N; H stays on the last one)"),
+    Param("mixed_mode", "choice", "reverse-over-reverse", choices=("reverse-over-reverse", "finite-difference"),
+          doc="how the mixed term is formed; finite-difference: two first-order passes per batch"),
 ], target="mptc.runtime.estimators:ift",
     doc="Implicit function theorem through the PT stage: -v^T H^-1 d2L_PT/dtheta dphi.")
 ESTIMATORS.register("unroll", [], target="mptc.runtime.estimators:unroll_ft",

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from mptc.runtime.hvp import MAKERS
+from mptc.runtime.hvp import MAKERS, central_difference
 from mptc.runtime.optim import Optimizer
 
 _ROR = "reverse-over-reverse"
@@ -74,6 +74,25 @@ def hessian(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[str]
     return g, MAKERS[mode](pt_loss_of(loss_pt, params, metas, sub, keys), theta)
 
 
+def _mixed(loss_pt: Callable, params: dict, metas: dict, keys: list[str], g: list, p: list, batches: list,
+           mode: str = _ROR) -> list:
+    """p^T d2L_PT/dtheta dphi, the mean over `batches` (the first one's gradient is `g`), each at the
+    same `params`: more batches, a lower-variance estimate of the population term. `mode`:
+    reverse-over-reverse differentiates p . dL/dtheta in phi; finite-difference takes the central
+    difference of dL/dphi along p (two first-order passes per batch, no second-order graph: cheap when
+    phi enters late, as task weights do; exact up to O(e^2))."""
+    phis, theta = list(metas.values()), [params[n] for n in keys]
+    if mode == "finite-difference":
+        def grad_phi(batch):
+            return lambda ts: _grad(loss_pt({**params, **dict(zip(keys, ts))}, metas, *batch), phis)
+        per_batch = [central_difference(grad_phi(b), [t.detach() for t in theta], p) for b in batches]
+    else:
+        grads = [g] + [torch.autograd.grad(loss_pt(params, metas, *b), theta, create_graph=True)
+                       for b in batches[1:]]
+        per_batch = [_grad(gk, phis, grad_outputs=p) for gk in grads]
+    return [sum(parts) / len(batches) for parts in zip(*per_batch)]
+
+
 def pt_loss_of(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[str]) -> Callable:
     """theta -> L_PT(theta) on `batch` (theta: the tensors of `keys`; phi held fixed)."""
     fixed = {n: t.detach() for n, t in metas.items()}
@@ -82,20 +101,23 @@ def pt_loss_of(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[s
 
 def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[str], solver: Callable,
         solver_args: dict, hessian_keys: list[str] | None = None, hvp: str = _ROR,
-        hessian_batch: int | None = None, prepare: Callable | None = None, g: list | None = None):
+        hessian_batch: int | None = None, prepare: Callable | None = None, g: list | None = None,
+        more: list = (), mixed_mode: str = _ROR):
     """-p^T d2L_PT/dtheta dphi with p ~ H^-1 v, H = d2L_PT/dtheta2 over `hessian_keys` (default: wrt).
 
     `prepare(hvp, v)`, when given, returns extra solver arguments computed from the Hessian (e.g. the
     Neumann scale from a power iteration). Returns ({meta name: hypergradient}, info) where info has
     the solver's iterations and residual and the seconds spent solving and in the mixed VJP. `g`, when
-    given, is dL_PT/dtheta over `hessian_keys` at `params`, differentiable (see `hessian`)."""
+    given, is dL_PT/dtheta over `hessian_keys` at `params`, differentiable (see `hessian`). The mixed
+    term is averaged over `batch` and the PT batches in `more` (H and p come from `batch` alone), formed
+    by `mixed_mode` (see `_mixed`)."""
     keys = hessian_keys or wrt
     v_h = [v[wrt.index(n)] if n in wrt else torch.zeros_like(params[n]) for n in keys]
     (g, matvec), t_hessian = timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch, g)
     extra = prepare(matvec, v_h) if prepare else {}
     (p, info), t_solve = timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ H^-1 v
     names = list(metas)
-    mixed, t_mixed = timed(_grad, g, [metas[n] for n in names], grad_outputs=p)  # p^T d2L/dtheta dphi
+    mixed, t_mixed = timed(_mixed, loss_pt, params, metas, keys, g, p, [batch, *more], mixed_mode)
     info = {**info, **extra, "solve_s": t_hessian + t_solve, "mixed_s": t_mixed}
     return {n: -m for n, m in zip(names, mixed)}, info
 

@@ -6,6 +6,7 @@ the meta-objective, passes its gradient through the PT stage by IFT, and steps t
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import time
@@ -69,6 +70,8 @@ class Trainer:
         for option in ("rescale_every", "power_iters") + (("scale",) if self.auto_scale else ()):
             self.solver_args.pop(option, None)          # read by `_scale`, not by the solver
         self.lam_max, self.meta_step_no, self.window = None, 0, None
+        self.recent = collections.deque(maxlen=args.get("mixed_batches") or 1)  # the last PT batches
+        self.mixed_mode = args.get("mixed_mode") or "reverse-over-reverse"
 
     def fresh_start(self, seed: int) -> None:
         """Back to where a run starts: batch streams, augmentation noise and torch's generator reseeded,
@@ -126,8 +129,11 @@ class Trainer:
             self.window = ({k: t.detach().clone() for k, t in state.params.items()}, clone_state(state.pt_opt), [])
 
     def record(self, batch) -> None:
+        """Keep a PT batch for the estimator: the `unroll` window, the IFT mixed term's last N batches."""
         if self.window is not None:
             self.window[2].append(batch)
+        if self.recent.maxlen > 1:
+            self.recent.append(batch)
 
     # ---- the hypergradient ---------------------------------------------------------------------------
     def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):
@@ -161,9 +167,11 @@ class Trainer:
         solver, args, prepare = self.solver, self.solver_args, self._scale if self.auto_scale else None
         if reference:                                   # CG to tolerance on the whole batch, exact products
             solver, args, prepare = SOLVERS.get("cg").load(), {"iters": 200, "tol": 1e-8}, None
+        more = [b for b in self.recent if b is not pt_batch]   # the mixed term's other PT batches
         return ift(self.loss_pt, params, state.metas, pt_batch, v, self.pt_keys, solver, args,
                    hessian_keys=keys, hvp="reverse-over-reverse" if reference else self.hvp_mode,
-                   hessian_batch=None if reference else self.hessian_batch, prepare=prepare, g=g)
+                   hessian_batch=None if reference else self.hessian_batch, prepare=prepare, g=g, more=more,
+                   mixed_mode="reverse-over-reverse" if reference else self.mixed_mode)
 
     @staticmethod
     def _ones(state: State, keys):

@@ -53,23 +53,27 @@ def forward_over_reverse(loss_of: Callable, theta: list, g=None) -> Callable:
     return hvp
 
 
+def central_difference(fn: Callable, base: list, u: list) -> list:
+    """(fn(base + e u) - fn(base - e u)) / 2e, the derivative of `fn` (a list of tensors from a list
+    like `base`) along u, with e = eps^(1/3) (1 + |base|) / |u| for the dtype's precision; zeros at u = 0."""
+    norm = float(torch.sqrt(sum((ui * ui).sum() for ui in u)))
+    if norm == 0:
+        return [torch.zeros_like(o) for o in fn(base)]
+    size = float(torch.sqrt(sum((t * t).sum() for t in base)))
+    e = torch.finfo(base[0].dtype).eps ** (1 / 3) * (1 + size) / norm
+    plus = fn([t + e * s for t, s in zip(base, u)])
+    minus = fn([t - e * s for t, s in zip(base, u)])
+    return [(a - b) / (2 * e) for a, b in zip(plus, minus)]
+
+
 def finite_difference(loss_of: Callable, theta: list, g=None) -> Callable:
-    """H u ~ (g(theta + e u) - g(theta - e u)) / 2e with e = eps^(1/3) (1 + |theta|) / |u|."""
+    """H u ~ (g(theta + e u) - g(theta - e u)) / 2e (`central_difference` of the gradient)."""
     base = [t.detach() for t in theta]
-    scale = torch.finfo(base[0].dtype).eps ** (1 / 3) * (1 + float(torch.sqrt(sum((t * t).sum() for t in base))))
 
-    def grad_at(shift, e):
-        pt = [(t + e * s).requires_grad_() for t, s in zip(base, shift)]
-        return _grad(loss_of(pt), pt)
-
-    def hvp(u):
-        norm = float(torch.sqrt(sum((ui * ui).sum() for ui in u)))
-        if norm == 0:
-            return [torch.zeros_like(t) for t in base]
-        e = scale / norm
-        plus, minus = grad_at(u, e), grad_at(u, -e)
-        return [(a - b) / (2 * e) for a, b in zip(plus, minus)]
-    return hvp
+    def grad_at(point):
+        point = [t.requires_grad_() for t in point]
+        return _grad(loss_of(point), point)
+    return lambda u: central_difference(grad_at, base, u)
 
 
 MAKERS = {"reverse-over-reverse": reverse_over_reverse, "forward-over-reverse": forward_over_reverse,

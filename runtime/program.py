@@ -133,8 +133,16 @@ class Program:
         return augment
 
     def _c_Fn(self, e):
-        fn, args = FUNCTIONS.get(e.name).load(), [self.compile(a) for a in e.args]
+        """A function of tensors; a number argument (`sigmoid(-2)`) becomes a 0-d tensor once, here."""
+        fn, args = FUNCTIONS.get(e.name).load(), [self._tensor_arg(a) for a in e.args]
         return lambda c: fn(*[a(c) for a in args])
+
+    def _tensor_arg(self, e):
+        arg = self.compile(e)
+        if not _numeric(e):
+            return arg
+        value = torch.tensor(float(arg(None)), device=self.device, dtype=self.dtype)
+        return lambda c: value
 
     def _c_Bin(self, e):
         op, left, right = _OPS[e.op], self.compile(e.left), self.compile(e.right)
@@ -162,6 +170,15 @@ class Program:
         with torch.no_grad():
             out.update({let.name: self.lets[let.name](ctx).detach() for let in self.plan.lets if let.meta_only})
         return out
+
+
+def _numeric(e) -> bool:
+    """An expression of number literals alone (`-2`, `1 / 3`): a constant known at compile time."""
+    if isinstance(e, ir.Const):
+        return isinstance(e.value, (int, float))
+    if isinstance(e, ir.Neg):
+        return _numeric(e.operand)
+    return isinstance(e, ir.Bin) and _numeric(e.left) and _numeric(e.right)
 
 
 def _as_index(i):

@@ -277,6 +277,16 @@ def test_each_augmentation_call_is_an_independent_view_and_a_let_is_one_view():
     assert _loss_of("mean(abs(encoder(jitter(x, std: s)) - encoder(jitter(x, std: 0))))")(x) > 1e-3
 
 
+def test_functions_take_number_arguments():
+    """`sigmoid(-2)`, `exp(1 / 4)`: a function of number literals is a constant (it used to be a TypeError
+    at the first PT step, torch functions wanting tensors)."""
+    import math
+    x = torch.zeros(4, 6)
+    assert _loss_of("sigmoid(-2) + exp(1 / 4) + 0 * mean(encoder(x))")(x) == pytest.approx(
+        1 / (1 + math.exp(2)) + math.exp(0.25), rel=1e-6)
+    assert _loss_of("mean(s * sigmoid(2 * -1) + 0 * encoder(x))")(x) == pytest.approx(1 / (1 + math.exp(2)), rel=1e-6)
+
+
 def test_nt_xent_is_the_simclr_loss(float64):
     from mptc.runtime.functions import nt_xent
     g = _gen()

@@ -102,7 +102,8 @@ def test_every_feature_at_once():
     assert metas == {"s": ("scalar", 1, 1.0, (0.0, 2.0)), "v": ("vector", 4, 0.5, None),
                      "a": ("factored", 3, 0.0, None), "n": ("network", 1, 0.0, None)}
     assert plan.estimators[0].method.args == {"solver": plan.estimators[0].method.args["solver"], "hessian": "encoder",
-                                              "hessian_batch": None, "hvp": "reverse-over-reverse", "fused": False}
+                                              "hessian_batch": None, "hvp": "reverse-over-reverse", "fused": False,
+                                              "mixed_batches": 1, "mixed_mode": "reverse-over-reverse"}
     assert plan.estimators[0].method.args["solver"].args == {"iters": 3, "damping": 0.1, "tol": 1e-10}
     assert (plan.hg_check_every, plan.train.device, plan.finetune.trains) == (5, "cuda:0", ("ft_head", "encoder"))
     assert [(l.name, l.meta_only) for l in plan.lets] == [("tw", True), ("feats", False), ("per_example", False)]

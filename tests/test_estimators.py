@@ -77,6 +77,33 @@ def test_hessian_batch_uses_the_sub_batch_hessian_and_the_full_mixed_term(ridge)
     assert _rel(hg["phi"], approx) < 1e-6 and _rel(hg["phi"], ridge["exact"]) > 1e-3
 
 
+@pytest.mark.parametrize("mixed_mode", ["reverse-over-reverse", "finite-difference"])
+def test_mixed_batches_average_the_mixed_term_and_keep_the_hessian_of_the_main_batch(mixed_mode):
+    """Task-weighted least squares, L = 1/n sum_i sum_k e^{w_k} (x_i t_k - Y_ik)^2 + lam |t|^2, at an
+    arbitrary t: d2L/dt_k dw_j = delta_jk e^{w_k} 2/n X^T (X t_k - Y_k) on the whole data, and with the
+    mixed term averaged over two equal halves and H from the first half alone, the hypergradient is
+    -(H_1^-1 v)^T times the whole data's mixed term, in closed form. dL/dw is quadratic in t, so the
+    central difference along p (`finite-difference`) is exact up to rounding."""
+    g = torch.Generator().manual_seed(1)
+    n, d, k, lam = 24, 4, 3, 0.1
+    X, Y = torch.randn(n, d, generator=g), torch.randn(n, k, generator=g)
+    t, w = torch.randn(d, k, generator=g).requires_grad_(), (0.5 * torch.randn(k, generator=g)).requires_grad_()
+    v = torch.randn(d, k, generator=g)
+
+    def loss(params, metas, x, y):
+        return (metas["w"].exp() * (x @ params["t"] - y) ** 2).sum(1).mean() + lam * (params["t"] ** 2).sum()
+    halves = [(X[:12], Y[:12]), (X[12:], Y[12:])]
+    hg, _ = ift(loss, {"t": t}, {"w": w}, halves[0], [v], ["t"], cg, {"iters": 50, "tol": 1e-14}, more=halves[1:],
+                mixed_mode=mixed_mode)
+    X1, e = X[:12], w.detach().exp()
+    p = torch.stack([torch.linalg.solve(e[j] * 2 / 12 * X1.T @ X1 + 2 * lam * torch.eye(d), v[:, j])
+                     for j in range(k)], 1)                                       # H_1 is block-diagonal per task
+    mixed = e * (2 / n) * (X.T @ (X @ t.detach() - Y))                           # column j: d grad_{t_j} / dw_j
+    assert _rel(hg["w"], -(p * mixed).sum(0)) < 1e-10
+    alone, _ = ift(loss, {"t": t}, {"w": w}, halves[0], [v], ["t"], cg, {"iters": 50, "tol": 1e-14})
+    assert _rel(alone["w"], hg["w"]) > 1e-2                                       # the second half counts
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_hvp_mode_gives_the_ridge_hypergradient(ridge, mode):
     hg, _ = ift(ridge["loss"], {"t": ridge["theta"]}, {"phi": ridge["phi"]}, (ridge["X"], ridge["y"]),
@@ -323,6 +350,31 @@ def test_an_explicit_neumann_scale_reaches_the_solver():
         trainer, state, pt, ft = _trainer(f"hypergradient pretrain: {est}")
         hgs[name] = trainer.hypergradient(state, pt, [ft, ft], ft)[1]["w"]
     assert torch.allclose(hgs["neumann"], 0.25 * hgs["identity"], rtol=1e-5, atol=0)
+
+
+def test_mixed_batches_use_the_last_n_pt_batches(tmp_path):
+    """`mixed_batches: 3`: the trainer keeps the last 3 PT batches it drew, and the mixed term averages
+    over them (the current batch and the two before it); `mixed_mode: finite-difference` agrees in
+    float32; the options run end to end."""
+    trainer, state, pt, _ = _trainer("hypergradient pretrain: ift(neumann(terms: 2, scale: 0.1), mixed_batches: 3)")
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(32, 8, generator=g), (torch.randn(32, 12, generator=g) > 0).float()) for _ in range(4)]
+    for b in batches:
+        trainer.record(b)
+    v = [torch.randn_like(state.params[k]) for k in trainer.pt_keys]
+    hg, _ = trainer.through_pt(state, batches[-1], v)
+    expected, _ = ift(trainer.loss_pt, state.params, state.metas, batches[-1], v, trainer.pt_keys, neumann,
+                      {"terms": 2, "scale": 0.1}, more=batches[1:3])
+    assert torch.allclose(hg["w"], expected["w"], rtol=1e-5, atol=0)
+    one, _ = ift(trainer.loss_pt, state.params, state.metas, batches[-1], v, trainer.pt_keys, neumann,
+                 {"terms": 2, "scale": 0.1})
+    assert not torch.allclose(hg["w"], one["w"], rtol=1e-2, atol=0)
+    trainer.mixed_mode = "finite-difference"                 # float32 central differences: close, not equal
+    fd, _ = trainer.through_pt(state, batches[-1], v)
+    assert float(torch.nn.functional.cosine_similarity(fd["w"], hg["w"], dim=0)) > 0.99
+    code, rows = _run(tmp_path, "hypergradient pretrain: ift(neumann(terms: 2), mixed_batches: 3, "
+                                "mixed_mode: \"finite-difference\") check every 2")
+    assert code == 0 and len(rows) == 4 and all(r["hypergrad_norm"] > 0 for r in rows)
 
 
 def test_fused_schedule_is_ift_at_the_last_pt_steps_point(tmp_path):
