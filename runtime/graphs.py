@@ -195,12 +195,11 @@ class GINConv(MessagePassing):
         self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden))
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        n, loops = h.shape[0], torch.arange(h.shape[0], device=h.device)
-        edge_index = torch.cat([edge_index, torch.stack([loops, loops])], 1)
-        real = F.pad(edge_attr.to(h.dtype), (0, 1))                     # [E, edge_dim + 1], flag 0
-        self_loop = F.one_hot(torch.full((n,), edge_attr.shape[1], device=h.device), edge_attr.shape[1] + 1)
-        e = self.edge_encoder(torch.cat([real, self_loop.to(h.dtype)]))
-        return self.mlp(self.propagate(edge_index, x=h, e=e))
+        """The self-loop term is added directly: its edge feature is the flag alone, so its embedding
+        is one column of the edge encoder plus its bias, the same for every node (no loop edges built)."""
+        w, b = self.edge_encoder.weight, self.edge_encoder.bias
+        e = F.linear(edge_attr.to(h.dtype), w[:, :-1], b)               # real edges: flag 0
+        return self.mlp(self.propagate(edge_index, x=h, e=e, size=(len(h), len(h))) + h + (w[:, -1] + b))
 
     def message(self, x_j: Tensor, e: Tensor) -> Tensor:
         return x_j + e

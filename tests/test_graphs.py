@@ -68,6 +68,21 @@ def test_gin_backward_and_pyg_batch_input(pt):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in enc.parameters())
 
 
+def test_gin_layer_is_the_pretrain_gnns_formula(pt, float64):
+    """One layer, written out node by node in float64: MLP(sum over j in N(i) and i itself of
+    h_j + W e_ij + b), where a real edge's e_ij is its features with a 0 flag and the self-loop's is
+    the flag alone (what the layer computes without building the loop edges)."""
+    g = pt.splits["all"][0][:4].collate()
+    torch.manual_seed(0)
+    conv = G.GINConv(hidden=6, edge_dim=g.edge_attr.shape[1]).double()
+    h = torch.randn(len(g.x), 6, dtype=torch.float64)
+    enc = conv.edge_encoder
+    agg = h + enc(torch.nn.functional.one_hot(torch.tensor(g.edge_attr.shape[1]), g.edge_attr.shape[1] + 1).double())
+    for (src, dst), attr in zip(g.edge_index.T.tolist(), g.edge_attr.double()):
+        agg[dst] = agg[dst] + h[src] + enc(torch.cat([attr, torch.zeros(1, dtype=torch.float64)]))
+    assert torch.allclose(conv(h, g.edge_index, g.edge_attr), conv.mlp(agg), rtol=1e-12, atol=1e-12)
+
+
 def test_center_node_is_offset_per_graph(pt, monkeypatch):
     """Each graph's representation in a batch equals its representation alone; the published
     un-offset index (``h[center_node_idx]``) reads nodes of the first graphs instead."""
