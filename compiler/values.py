@@ -160,9 +160,16 @@ def _convert_path(param, expr, value, errors):
     return None
 
 
+_INT_LIMIT = 2 ** 63 - 1  # what torch and numpy can hold; a size or count beyond it is a typo
+
+
 def _check_range(param: Param, expr, value, errors):
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return value
+    if isinstance(value, int) and abs(value) > _INT_LIMIT:
+        errors.append(OutOfRange(expr.span, f"'{param.name}' is too large: {len(str(abs(value)))} digits "
+                                            f"(at most 2**63 - 1)"))
+        return None
     low_bad = param.min is not None and (value < param.min or (param.min_exclusive and value == param.min))
     high_bad = param.max is not None and value > param.max
     if low_bad or high_bad:

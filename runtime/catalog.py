@@ -174,17 +174,22 @@ def heldout_columns(tasks: int, groups: int, fold: int) -> list[int]:
         >>> heldout_columns(40, 4, 1), heldout_columns(5, 2, 2)
         ([10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [0, 1, 2])
     """
+    return list(_heldout_range(tasks, groups, fold))
+
+
+def _heldout_range(tasks: int, groups: int, fold: int) -> range:
     if not 2 <= groups <= tasks:
         raise ShapeProblem(f"groups must be in 2..{tasks} (the source's tasks), got {groups}")
     g, (size, extra) = fold % groups, divmod(tasks, groups)
     start = g * size + min(g, extra)
-    return list(range(start, start + size + (g < extra)))
+    return range(start, start + size + (g < extra))
 
 
 def _heldout_shape(args, _):
     source = args["of"]
     tasks = source["y"][-1]
-    kept = tasks - len(heldout_columns(tasks, args["groups"], args["fold"]))
+    held = _heldout_range(tasks, args["groups"], args["fold"])  # a range: no list of a huge spec's size
+    kept = tasks - (held.stop - held.start)
     splits = tuple(source.get("splits", ("all",)))
     return {"x": source["x"], "y": (B, kept), "splits": (*splits, *(f"heldout_{s}" for s in splits))}
 

@@ -138,6 +138,18 @@ def test_partial_access_mistakes_are_spec_errors():
     assert any("held-out tasks" in err.message for err in e.value.errors)
 
 
+@pytest.mark.parametrize("tasks, message", [("9" * 26, "'ft_tasks' is too large: 26 digits"),
+                                            ("9" * 18, "bce cannot compare shapes")])
+def test_a_huge_task_count_is_one_spec_error_not_a_crash(tasks, message):
+    """Found by tests/test_fuzz.py: a 26-digit count overflowed building the held-out column list (an
+    OverflowError out of the checker); an 18-digit one fits in 64 bits and must not allocate it either."""
+    big = GRAPH.replace("ft_tasks: 4, task: finetune", f"ft_tasks: {tasks}, task: finetune")
+    assert big != GRAPH
+    with pytest.raises(SpecErrors) as e:
+        compile_spec(big, "g.mpt")
+    assert message in e.value.errors[0].message and "held-out" not in str(e.value)  # no cascade error
+
+
 def test_recalibrate_sets_batch_norm_statistics_from_the_data():
     net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.BatchNorm1d(1))
     with torch.no_grad():
