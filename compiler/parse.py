@@ -480,6 +480,15 @@ def _deepest(node, depth: int) -> int:
     return deepest
 
 
+def _keyword_clause(node, part):
+    """The parser of a stage clause `KEYWORD part` (loss expr, optimizer call, ...): node(span, part)."""
+    def build(self):
+        i = self._take(self.t[self.i])
+        value = part(self)
+        return node(self._span_to(i, value), value)
+    return build
+
+
 class _Fast:
     """The recursive-descent parser: a method per rule of grammar/mpt.lark, each building what _Build does.
 
@@ -807,16 +816,6 @@ class _Fast:
         batch, j = self._int()
         return ast.DataClause(self._span(i, j), ref, batch)
 
-    def _loss_clause(self) -> ast.LossClause:
-        """"loss" expr"""
-        i, expr = self._take("loss"), self._expr()
-        return ast.LossClause(self._span_to(i, expr), expr)
-
-    def _optimizer_clause(self) -> ast.OptimizerClause:
-        """"optimizer" call"""
-        i, call = self._take("optimizer"), self._call()
-        return ast.OptimizerClause(self._span_to(i, call), call)
-
     def _steps_clause(self) -> ast.StepsClause:
         """"steps" INT"""
         i, (n, j) = self._take("steps"), self._int()
@@ -831,26 +830,11 @@ class _Fast:
         update = self._name_list()
         return ast.UnrollClause(self._span_to(i, update[-1]), k, update)
 
-    def _augment_clause(self) -> ast.AugmentClause:
-        """"augment" call"""
-        i, call = self._take("augment"), self._call()
-        return ast.AugmentClause(self._span_to(i, call), call)
-
     def _sample_clause(self) -> ast.SampleClause:
         """"sample" INT "per" "step" """
         i, (n, _) = self._take("sample"), self._int()
         self._take("per")
         return ast.SampleClause(self._span(i, self._take("step")), n)
-
-    def _weights_clause(self) -> ast.WeightsClause:
-        """"weights" expr"""
-        i, expr = self._take("weights"), self._expr()
-        return ast.WeightsClause(self._span_to(i, expr), expr)
-
-    def _end_task_weight_clause(self) -> ast.EndTaskWeightClause:
-        """"end_task_weight" expr"""
-        i, expr = self._take("end_task_weight"), self._expr()
-        return ast.EndTaskWeightClause(self._span_to(i, expr), expr)
 
     # spaces
     def _space_decl(self) -> ast.SpaceDecl:
@@ -966,9 +950,11 @@ class _Fast:
               "meta": _meta_decl, "let": _let_decl, "pretrain": _stage, "finetune": _stage, "auxiliary": _stage,
               "space": _space_decl, "meta_objective": _objective_decl, "hypergradient": _hypergradient_decl,
               "meta_optimizer": _meta_optimizer_decl, "train": _train_decl, "evaluate": _evaluate_decl}
-    _CLAUSES = {"data": _data_clause, "loss": _loss_clause, "optimizer": _optimizer_clause,
-                "steps": _steps_clause, "unroll": _unroll_clause, "augment": _augment_clause,
-                "sample": _sample_clause, "weights": _weights_clause, "end_task_weight": _end_task_weight_clause}
+    _CLAUSES = {"data": _data_clause, "loss": _keyword_clause(ast.LossClause, _expr),
+                "optimizer": _keyword_clause(ast.OptimizerClause, _call), "steps": _steps_clause,
+                "unroll": _unroll_clause, "augment": _keyword_clause(ast.AugmentClause, _call),
+                "sample": _sample_clause, "weights": _keyword_clause(ast.WeightsClause, _expr),
+                "end_task_weight": _keyword_clause(ast.EndTaskWeightClause, _expr)}
 
 
 def _fast_parse(text: str, path: str = "<spec>", start: str = "start"):
