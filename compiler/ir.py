@@ -207,6 +207,7 @@ class Train:
     device: str
     log_every: int
     max_nonfinite: int = 5
+    reset_every: int = 0
 
 
 @frozen

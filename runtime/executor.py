@@ -87,6 +87,14 @@ class Trainer:
         ft_modules = set(_applied(self.plan.finetune.loss)) | set(_applied(self.plan.objective.expr))
         return [m for m in self.plan.pretrain.trains if m in ft_modules]
 
+    def reset(self, state: State, cycle: int) -> None:
+        """`train reset_every`: the PT model and the FT head start again from new initial values (drawn
+        from the run's seed and the cycle's number) with their optimizers' states anew; the
+        meta-parameters and the meta-optimizer carry on."""
+        state.params = self.prog.draw_params(1_000_003 * (self.plan.train.seed + 1) + cycle)
+        state.pt_opt = self.pt_opt.init(self._sel(state.params, self.pt_keys))
+        state.ft_opt = self.ft_opt.init(self._sel(state.params, self.ft_keys))
+
     def init_state(self) -> State:
         params, metas = self.prog.init_params(), self.prog.init_metas()
         return State(params, metas, self.pt_opt.init(self._sel(params, self.pt_keys)),
@@ -223,34 +231,58 @@ def _norm(hg: dict) -> float:
     return math.sqrt(sum(float((g * g).sum()) for g in hg.values()))
 
 
+def schedule(warmup: int, P: int, meta_steps: int, reset_every: int = 0):
+    """The outer loop's PT steps in order, each as (reset, opens, meta_step): `reset` when the PT model
+    is re-initialised before the step, `opens` when the step starts a P-step window, `meta_step` the
+    number of the meta-step that follows the step (0: none). `warmup` steps precede the first window;
+    with `reset_every` R, after every R meta-steps (but not the last) the model is reset and warmed up
+    again: a new cycle.
+
+        >>> ["R" * r + "o" * o + str(m or "") or "." for r, o, m in schedule(1, 2, 3, reset_every=2)]
+        ['.', 'o', '1', 'o', '2', 'R', 'o', '3']
+    """
+    done = 0
+    while done < meta_steps:
+        cycle = min(reset_every or meta_steps, meta_steps - done)
+        steps = [(False, 0)] * warmup + [(i == 0, m if i == P - 1 else 0)
+                                         for m in range(done + 1, done + cycle + 1) for i in range(P)]
+        for j, (opens, m) in enumerate(steps):
+            yield done > 0 and j == 0, opens, m
+        done += cycle
+
+
 def meta_train(trainer: Trainer, state: State, log: MetricsLog | None, bar=None, mode: str = "meta") -> State:
     """The outer loop: PT steps, FT online steps and, every P steps, a meta-step.
 
-    `mode` "pretrain" runs the PT steps alone, "online" adds the online FT head, "meta" everything."""
+    `mode` "pretrain" runs the PT steps alone, "online" adds the online FT head, "meta" everything
+    (and, with `train reset_every`, the resets: the other modes run the same number of steps as a
+    meta run without them)."""
     meta = mode == "meta"
     plan, data = trainer.plan, trainer.data
-    P, warmup, K = plan.pretrain.steps, plan.train.warmup, plan.finetune.unroll
-    check_every, max_nonfinite = plan.hg_check_every, plan.train.max_nonfinite
-    total = warmup + plan.train.meta_steps * P
-    t0, t_pt, nonfinite, meta_step, pt_losses = time.perf_counter(), 0.0, 0, 0, []
-    for step in range(1, total + 1):
+    K, check_every, max_nonfinite = plan.finetune.unroll, plan.hg_check_every, plan.train.max_nonfinite
+    steps = schedule(plan.train.warmup, plan.pretrain.steps, plan.train.meta_steps,
+                     plan.train.reset_every if meta else 0)
+    t0, t_pt, nonfinite, pt_losses, cycle = time.perf_counter(), 0.0, 0, [], 0
+    for step, (reset, opens, meta_step) in enumerate(steps, 1):
         # ---- PT step (meta-parameters fixed) ---------------------------------------------------
         ts = time.perf_counter()
-        if meta and step > warmup and (step - warmup - 1) % P == 0:
+        if reset:
+            cycle += 1
+            trainer.reset(state, cycle)                 # a new cycle: theta, psi and their optimizers anew
+        if meta and opens:
             trainer.open_window(state)                  # the exact PT `unroll` replays this window
         pt_batch = data.batch("pretrain")
         trainer.record(pt_batch)
-        last = meta and step > warmup and (step - warmup) % P == 0   # a meta-step follows this PT step
+        last = meta and meta_step > 0                   # a meta-step follows this PT step
         pt_losses.append(trainer.pt_step(state, pt_batch, keep=last and trainer.fused))
         t_pt += time.perf_counter() - ts
         if mode == "pretrain":
             continue
         # ---- FT head, online, on detached features ---------------------------------------------
         trainer.ft_online_step(state, data.batch("finetune"))
-        if not meta or step <= warmup or (step - warmup) % P:
+        if not last:
             continue
         # ---- FT unroll + meta-objective + hypergradient through the PT stage ---------------------
-        meta_step += 1
         ft_batches = [data.batch("finetune") for _ in range(K)]
         l_val, hg, info = trainer.hypergradient(state, pt_batch, ft_batches, data.batch("objective"))
         norm = _norm(hg)

@@ -56,8 +56,15 @@ class Program:
 
     def init_params(self) -> dict[str, torch.Tensor]:
         """The modules' initial parameters as fresh leaf tensors."""
-        return {f"{n}.{k}": p.detach().clone().requires_grad_() for n, mod in self.modules.items()
-                for k, p in mod.named_parameters()}
+        return _leaves(self.modules)
+
+    def draw_params(self, seed: int) -> dict[str, torch.Tensor]:
+        """New initial parameters, as `init_params`: every module built again with torch seeded by `seed`
+        (torch's own generator is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            modules = {m.name: _build_module(m).to(device=self.device, dtype=self.dtype) for m in self.plan.modules}
+        return _leaves(modules)
 
     def init_metas(self) -> dict[str, torch.Tensor]:
         """Each meta-parameter at its initial value; a network's weights (flat, `net.0.weight`) at the
@@ -210,6 +217,12 @@ class NoiseMemo:
 
 def _build_network(m: ir.MetaParam) -> torch.nn.Module:
     return MODELS.get(m.network.name).load()(**m.network.args, in_dim=m.in_dim)
+
+
+def _leaves(modules: dict) -> dict[str, torch.Tensor]:
+    """`{"module.local_name": tensor}`: the modules' parameters copied as leaf tensors that require grad."""
+    return {f"{n}.{k}": p.detach().clone().requires_grad_() for n, mod in modules.items()
+            for k, p in mod.named_parameters()}
 
 
 def _build_module(m: ir.Module) -> torch.nn.Module:

@@ -327,7 +327,7 @@ def test_later_overrides_win_and_the_spec_text_is_untouched():
 BAD_OVERRIDES = [
     # item, class, (col, end_col) in `--set ITEM`, message, hint
     ("train.sede=3", BadArgument, (7, 11),
-     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite)", "seed"),
+     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, reset_every)", "seed"),
     ("train.seed=x", BadArgument, (12, 13), "'seed' must be an integer, got a name", None),
     ("train.seed=1.5", BadArgument, (12, 15), "'seed' must be an integer, got 1.5", None),
     ('train.seed="3"', BadArgument, (12, 15), "'seed' must be an integer, got '3'", None),

@@ -9,7 +9,7 @@
    unrolled map, SGD and Adam.
 4. FT `unroll(K)` for K = 1, 3, head only and whole network, against central finite differences.
 5. The options through `mptc run`: neumann scale auto, check every, hvp modes, PT unroll, search,
-   max_nonfinite.
+   max_nonfinite, reset_every (and the loop's schedule).
 """
 import json
 
@@ -327,6 +327,47 @@ def test_a_skipped_meta_step_is_logged_and_the_run_goes_on(tmp_path, monkeypatch
     assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["meta_step"], r["skipped"]) for r in rows] == [(1, False), (2, True), (3, False), (4, False)]
+
+
+def test_reset_every_starts_a_new_cycle_and_keeps_the_meta_parameters(tmp_path, monkeypatch):
+    """`train reset_every 2` of 4 meta-steps: one reset, after meta-step 2, to the parameters drawn for
+    cycle 1, then `warmup` steps again; w and the meta-optimizer carry on; the `pretrain` baseline
+    (same run) never resets."""
+    real, seen = executor.Trainer.reset, []
+
+    def spy(self, state, cycle):
+        before = {n: t.detach().clone() for n, t in state.metas.items()}
+        old, meta_opt = {k: t.detach().clone() for k, t in state.params.items()}, state.meta_opt
+        real(self, state, cycle)
+        drawn = self.prog.draw_params(1_000_003 * (self.plan.train.seed + 1) + cycle)
+        new = {k: t.detach().clone() for k, t in state.params.items()}    # the PT steps change them in place
+        seen.append((cycle, before, state.metas, old, new, drawn, state.meta_opt is meta_opt))
+    monkeypatch.setattr(executor.Trainer, "reset", spy)
+    code, rows = _run(tmp_path, "", train="reset_every 2")
+    assert code == 0 and [c for c, *_ in seen] == [1]
+    _, before, after, old, new, drawn, same_meta_opt = seen[0]
+    assert all(torch.equal(before[n], after[n]) for n in before) and before["w"].abs().sum() > 0
+    assert all(torch.equal(new[k], drawn[k]) for k in new) and any(not torch.equal(new[k], old[k]) for k in new)
+    assert same_meta_opt
+    # P 3, warmup 2: meta-steps after PT steps 5, 8, then (warm-up 9-10) 13, 16
+    assert [(r["meta_step"], r["step"]) for r in rows] == [(1, 5), (2, 8), (3, 13), (4, 16)]
+
+
+def test_reset_every_as_long_as_the_run_changes_nothing(tmp_path):
+    runs = [_run(tmp_path, "", train=t, name=n)[1] for t, n in (("", "a"), ("reset_every 4", "b"))]
+    keys = ("step", "meta_step", "pt_loss", "ft_val_loss", "hypergrad_norm")
+    assert [[r[k] for k in keys] for r in runs[0]] == [[r[k] for k in keys] for r in runs[1]]
+
+
+@pytest.mark.parametrize("warmup,P,M,R", [(0, 1, 1, 0), (2, 3, 4, 2), (0, 2, 5, 2), (1, 1, 7, 3), (3, 2, 4, 9)])
+def test_schedule_counts(warmup, P, M, R):
+    steps = list(executor.schedule(warmup, P, M, R))
+    cycles = -(-M // R) if R else 1
+    assert len(steps) == cycles * warmup + M * P
+    assert [m for _, _, m in steps if m] == list(range(1, M + 1))
+    assert sum(o for _, o, _ in steps) == M and sum(r for r, _, _ in steps) == cycles - 1
+    opened = [i for i, (_, o, _) in enumerate(steps) if o]
+    assert all(steps[i + P - 1][2] for i in opened)      # every window ends in its meta-step
 
 
 def _trainer(hypergradient: str):
