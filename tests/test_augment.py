@@ -5,6 +5,7 @@ meta-gradient through a meta network and through a rotation augmentation (exact 
 the meta-objective) against central finite differences of the same map phi -> L_val.
 """
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,6 +237,21 @@ def test_rotation_spec_runs_and_reports_the_angle_error(tmp_path):
     assert err["target"] == 90 and err["inits"] == [0.0, 60.0] and len(err["values"]) == 2
     assert all(abs(abs(f - 90) - e) < 1e-6 for f, e in zip(err["learned"], err["values"]))
     assert err["learned"] != err["inits"]
+
+
+def test_the_committed_rotation_spec_runs_shrunken_with_its_cycles(tmp_path):
+    """specs/paper/rotation.mpt itself, its budget cut by --set: 3 meta-steps, a reset after each (two
+    resets per run), two restarts; each restart's path has one angle per meta-step."""
+    spec = Path(__file__).resolve().parents[1] / "specs" / "paper" / "rotation.mpt"
+    sets = ["train.meta_steps=3", "train.warmup=2", "train.reset_every=1", "train.log_every=1", "pretrain.steps=2",
+            "finetune.unroll=2",
+            "evaluate=restarts(inits: [0, 60])"]
+    argv = ["run", str(spec), "--out", str(tmp_path / "rot"), "--quiet"] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 0
+    ev = json.loads((tmp_path / "rot" / "eval.json").read_text())
+    assert ev["rotation_error_deg"]["inits"] == [0.0, 60.0] and [len(p) for p in ev["restarts"]["paths"]] == [3, 3]
+    rows = [json.loads(r) for r in (tmp_path / "rot" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]      # warm-up 2 + window 2 per cycle
 
 
 def test_noisy_labels_spec_runs_and_reports_the_weight_ratio(tmp_path):
