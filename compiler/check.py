@@ -37,7 +37,7 @@ TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1), Param("warmup", "int", 
                  Param("seed", "int", 0), Param("device", "str", "auto"), Param("log_every", "int", 10, min=1),
                  Param("max_nonfinite", "int", 5, min=1, doc="non-finite hypergradients in a row that stop a run"),
                  Param("reset_every", "int", 0, min=0,
-                       doc="meta-steps per cycle: then the PT model and FT head restart from their initial values "
+                       doc="meta-steps per cycle: then the PT model and FT head restart from new initial values "
                            "and warm up again (0: never)"))
 DEFAULT_OPTIMIZER = {"pretrain": {"name": "adam", "args": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                                                            "weight_decay": 0.0}},

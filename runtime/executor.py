@@ -3,6 +3,8 @@
 Every PT step updates the PT parameters; between meta-steps the FT head trains online on detached
 features; every P PT steps (after `warmup` PT steps) a meta-step unrolls the FT head K steps, measures
 the meta-objective, passes its gradient through the PT stage by IFT, and steps the meta-parameters.
+With `train reset_every R` the run is a sequence of cycles of R meta-steps, each from new initial
+parameters (`schedule`, `Trainer.reset`).
 """
 from __future__ import annotations
 

@@ -332,6 +332,10 @@ BAD_OVERRIDES = [
     ("train.seed=1.5", BadArgument, (12, 15), "'seed' must be an integer, got 1.5", None),
     ('train.seed="3"', BadArgument, (12, 15), "'seed' must be an integer, got '3'", None),
     ("train.meta_steps=0", OutOfRange, (18, 19), "'meta_steps' must be >= 1, got 0", None),
+    ("train.reset_every=-1", OutOfRange, (19, 21), "'reset_every' must be >= 0, got -1", None),
+    ("train.reset_evry=4", BadArgument, (7, 17),
+     "unknown train option 'reset_evry' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, "
+     "reset_every)", "reset_every"),
     ("train.device=gpu", BadArgument, (14, 17), "device must be auto, cpu, cuda or cuda:N, got gpu", "cuda"),
     ("trian.seed=1", UnknownName, (1, 11),
      "unknown override root 'trian' (known: data, model, head, train, meta_optimizer, evaluate, pretrain, finetune, "
