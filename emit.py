@@ -9,7 +9,8 @@ and device the script's meta.json equals `mptc run`'s.
 
 Supported (clear errors otherwise): synthetic data, mlp/linear models and heads, the loss vocabulary,
 sgd/adam, PT `ift` with the neumann (explicit, default or auto scale), cg or identity solver and any hvp mode
-but `auto`, not fused; FT `unroll`; no `augment`, no network or factored meta-parameters, no `search`.
+but `auto`, not fused; FT `unroll`; no `augment`, no network or factored meta-parameters, no `search`,
+no `train reset_every` (cycles).
 
     >>> from mptc.compiler.lower import QUICKSTART, compile_spec
     >>> script = emit_python(compile_spec(open(QUICKSTART).read(), QUICKSTART), "quickstart.mpt")
@@ -240,6 +241,7 @@ def _check_plan(plan: ir.Plan) -> dict:
         _require(not m.component.args.get("dropout"), "dropout")
     for m in plan.metas:
         _require(m.kind in ("scalar", "vector"), f"{m.kind} meta-parameters")
+    _require(not 0 < plan.train.reset_every < plan.train.meta_steps, "train reset_every")
     est = {e.stage: e.method for e in plan.estimators}
     _require(est["finetune"].name == "unroll", f"FT estimator '{est['finetune'].name}'")
     _require(est["pretrain"].name == "ift", f"PT estimator '{est['pretrain'].name}'")

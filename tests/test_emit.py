@@ -79,6 +79,7 @@ def test_other_solvers_optimizers_and_bounds_reproduce_too(tmp_path):
     (("ift(cg(iters: 3, damping: 0.1), hessian: encoder)", "unroll"), "PT estimator 'unroll'"),
     (("hessian: encoder)", "hvp: auto)"), "ift(hvp: auto)"),
     (("mlp(hidden: [16, 4], activation: tanh)", "mlp(hidden: [16, 4], dropout: 0.1)"), "dropout"),
+    (("log_every 2", "log_every 2 reset_every 2"), "train reset_every"),
 ])
 def test_plans_outside_the_subset_are_a_clear_error(tmp_path, capsys, change, message):
     spec = tmp_path / "tiny.mpt"
