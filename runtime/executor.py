@@ -93,12 +93,13 @@ class Trainer:
         """`train reset_every`: the PT model and the FT head start again from new initial values (drawn
         from the run's seed and the cycle's number) with their optimizers' states anew; the
         meta-parameters and the meta-optimizer carry on."""
-        state.params = self.prog.draw_params(1_000_003 * (self.plan.train.seed + 1) + cycle)
-        state.pt_opt = self.pt_opt.init(self._sel(state.params, self.pt_keys))
-        state.ft_opt = self.ft_opt.init(self._sel(state.params, self.ft_keys))
+        fresh = self.init_state(self.prog.draw_params(1_000_003 * (self.plan.train.seed + 1) + cycle))
+        state.params, state.pt_opt, state.ft_opt = fresh.params, fresh.pt_opt, fresh.ft_opt
 
-    def init_state(self) -> State:
-        params, metas = self.prog.init_params(), self.prog.init_metas()
+    def init_state(self, params: dict | None = None) -> State:
+        """The state a run starts from: `params` (default: the modules' initial values), the
+        meta-parameters' initial values and every optimizer's initial state."""
+        params, metas = params or self.prog.init_params(), self.prog.init_metas()
         return State(params, metas, self.pt_opt.init(self._sel(params, self.pt_keys)),
                      self.ft_opt.init(self._sel(params, self.ft_keys)), self.meta_opt.init(list(metas.values())))
 
