@@ -154,7 +154,7 @@ _TORCH_HOMES = ("torch", "torch.nn.functional", "torch.special")
 
 def _function(name: str, fns: dict) -> str:
     """The Python name of loss function `name` in the script (`fn_bce`), its definition added to `fns`."""
-    from mptc.runtime.registry import FUNCTIONS
+    from mptc.components.registry import FUNCTIONS
     comp = FUNCTIONS.get(name)
     obj = comp.load()
     if name not in fns:
@@ -299,7 +299,7 @@ def _applied(e) -> list[str]:
 
 def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     """The standalone script for a plan; raises EmitError for a plan outside the supported subset."""
-    from mptc.runtime.registry import DATASETS, HEADS, MODELS, OPTIMIZERS, SOLVERS
+    from mptc.components.registry import DATASETS, HEADS, MODELS, OPTIMIZERS, SOLVERS
     est_args = _check_plan(plan)
     emb, fns = Embedder(), {}
     expr = _Expr(fns)

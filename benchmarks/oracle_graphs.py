@@ -25,7 +25,7 @@ from mptc.commands import default_vary, seed_overrides
 from mptc.compiler.lower import compile_spec
 from mptc.runtime.evaluate import summarize
 from mptc.runtime.executor import run_plan
-from mptc.runtime.registry import DATASETS
+from mptc.components.registry import DATASETS
 
 
 def oracle_text(text: str, relevant: list[bool]) -> str:

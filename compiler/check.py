@@ -18,8 +18,9 @@ from mptc.compiler.space import expand
 from mptc.compiler.values import check_args, check_component, fits_float, fold
 from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
                          SpecErrors, UnknownComponent, UnknownName, did_you_mean)
-from mptc.runtime.catalog import B, ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES, ShapeProblem, _fmt, broadcast
-from mptc.runtime.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
+from mptc.components.catalog import ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES
+from mptc.components.shapes import B, ShapeProblem, broadcast, fmt
+from mptc.components.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, Param)
 
 SINGLE = (ast.SpecHeader, ast.ObjectiveDecl, ast.HypergradientDecl, ast.MetaOptimizerDecl, ast.TrainDecl,
@@ -332,7 +333,7 @@ class _Checker:
             shape = self.shape(value, scope)
             if shape is not None and shape not in ((), (1,), (B,), (B, 1)):
                 self.err(ShapeMismatch(value.span, f"'{name}' must be one number or one per example, "
-                                       f"but has shape {_fmt(shape)}"))
+                                       f"but has shape {fmt(shape)}"))
         return checked
 
     def augment_call(self, expr, scope):
@@ -355,7 +356,7 @@ class _Checker:
         scope = {"x": data_shapes["x"], "y": data_shapes["y"]} if data_shapes else {"x": None, "y": None}
         shape = self.shape(expr, scope)
         if shape is not None and shape != ():
-            self.err(ShapeMismatch(expr.span, f"{what} must be a single number, but has shape {_fmt(shape)}",
+            self.err(ShapeMismatch(expr.span, f"{what} must be a single number, but has shape {fmt(shape)}",
                                    hint="mean(...)"))
 
     # ---- shape inference ---------------------------------------------------------------------------
@@ -385,7 +386,7 @@ class _Checker:
             return None
         out = broadcast(left, right)
         if out is None:
-            self.err(ShapeMismatch(expr.span, f"cannot combine shapes {_fmt(left)} and {_fmt(right)} with "
+            self.err(ShapeMismatch(expr.span, f"cannot combine shapes {fmt(left)} and {fmt(right)} with "
                                    f"'{expr.op}'", note=_mismatch_note(expr, left, right)))
         return out
 
@@ -735,5 +736,5 @@ def _dedupe(errors):
 
 def check(spec: ast.Spec) -> Checked:
     """Every check over a parsed spec; raises SpecErrors listing all problems in source order."""
-    import mptc.runtime.catalog  # noqa: F401  (registers the built-in components)
+    import mptc.components.catalog  # noqa: F401  (registers the built-in components)
     return _Checker(spec).run()

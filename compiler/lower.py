@@ -16,8 +16,8 @@ from mptc.compiler import ast, ir
 from mptc.compiler.check import DEFAULT_OPTIMIZER, TRAIN_OPTIONS, Checked, _calls, _free, check
 from mptc.compiler.parse import parse
 from mptc.compiler.values import check_value, defaults, fold
-from mptc.runtime.catalog import ESTIMATOR_DEFAULTS
-from mptc.runtime.registry import ESTIMATORS
+from mptc.components.catalog import ESTIMATOR_DEFAULTS
+from mptc.components.registry import ESTIMATORS
 
 QUICKSTART = str(Path(__file__).resolve().parent.parent / "specs" / "quickstart.mpt")
 DEFAULT_BATCH = 128

@@ -2,7 +2,7 @@
 registry Param (type, choices, range). Errors are appended to a list, never raised one by one.
 
     >>> from mptc.compiler.parse import parse
-    >>> from mptc.runtime.registry import Param
+    >>> from mptc.components.registry import Param
     >>> errors = []
     >>> check_value(Param("lr", "float", min=0), parse("1e-3", "<t>", start="expr"), errors, {})
     0.001
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mptc.compiler import ast
 from mptc.errors import BadArgument, DuplicateName, OutOfRange, UnknownComponent, did_you_mean
-from mptc.runtime.registry import ALL, REQUIRED, Component, Param
+from mptc.components.registry import ALL, REQUIRED, Component, Param
 
 _BOOLS = {"true": True, "false": False}
 

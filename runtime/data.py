@@ -9,7 +9,7 @@ import torch
 
 from mptc.compiler import ir
 from mptc.errors import RunError
-from mptc.runtime.registry import DATASETS
+from mptc.components.registry import DATASETS
 
 _STREAMS = ("pretrain", "finetune", "objective")
 
@@ -25,7 +25,7 @@ def heldout_tasks(of, groups: int = 4, fold: int = 0):
         >>> {k: tuple(y.shape) for k, (x, y) in ds.splits.items()}, ds.info["heldout"]
         ({'train': (3, 2), 'heldout_train': (3, 2)}, [2, 3])
     """
-    from mptc.runtime.catalog import ShapeProblem, heldout_columns
+    from mptc.components.catalog import ShapeProblem, heldout_columns
     from mptc.runtime.datasets import Dataset
     tasks = next(iter(of.splits.values()))[1].shape[1]
     try:

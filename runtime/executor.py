@@ -25,7 +25,7 @@ from mptc.runtime.data import Data
 from mptc.runtime.estimators import ift, pt_loss_of, timed, unroll_ft, unroll_pt
 from mptc.runtime.hvp import fastest, power_iteration
 from mptc.runtime.program import Program, pick_device
-from mptc.runtime.registry import SOLVERS
+from mptc.components.registry import SOLVERS
 from mptc.runtime.rundir import MetricsLog, default_out, staging, write_json
 
 
@@ -480,7 +480,7 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
             for name in plan.evaluate.baselines:
                 data.reseed(plan.train.seed)
                 torch.manual_seed(plan.train.seed)
-                from mptc.runtime.registry import BASELINES
+                from mptc.components.registry import BASELINES
                 t_run = time.perf_counter()
                 states[name] = BASELINES.get(name).load()(trainer)
                 train_s[name] = time.perf_counter() - t_run

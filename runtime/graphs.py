@@ -77,7 +77,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing, global_add_pool, global_max_pool, global_mean_pool
 
 from mptc.runtime.datasets import Dataset, _kinds, _related, _units, split
-from mptc.runtime.graphshapes import JK_MODES, POOLS, GraphFeatures
+from mptc.components.graphshapes import JK_MODES, POOLS, GraphFeatures
 
 __all__ = ["GIN", "Graphs", "bio", "center_index", "gin", "graphs_from_data", "readout", "synthetic_graphs"]
 

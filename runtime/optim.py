@@ -116,5 +116,5 @@ def _sqrt(v):
 
 def build(component) -> Optimizer:
     """The optimizer an IR Component names."""
-    from mptc.runtime.registry import OPTIMIZERS
+    from mptc.components.registry import OPTIMIZERS
     return OPTIMIZERS.get(component.name).load()(**component.args)

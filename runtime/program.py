@@ -24,7 +24,7 @@ import torch
 from torch.func import functional_call
 
 from mptc.compiler import ir
-from mptc.runtime.registry import AUGMENTATIONS, FUNCTIONS, HEADS, MODELS
+from mptc.components.registry import AUGMENTATIONS, FUNCTIONS, HEADS, MODELS
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
 

@@ -42,7 +42,7 @@ def search_baseline(trainer):
     """The `search` baseline of `evaluate ... against`: random search beside a hypergradient method, with
     the evaluation's `search_trials` trials (equal compute when it is the meta run's cost in PT runs) in
     the search estimator's default range."""
-    from mptc.runtime.registry import ESTIMATORS
+    from mptc.components.registry import ESTIMATORS
     defaults = {p.name: p.default for p in ESTIMATORS.get("search").params}
     return search(trainer, trainer.plan.evaluate.protocol.args["search_trials"], defaults["low"], defaults["high"])
 

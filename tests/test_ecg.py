@@ -14,7 +14,7 @@ from mptc.errors import SpecErrors
 from mptc.runtime import ecg
 from mptc.runtime.datasets import Dataset
 from mptc.runtime.ecg import SUPERCLASSES, SYNTHETIC_CLASSES, ecg_synthetic, ptbxl, synthetic_labels
-from mptc.runtime.registry import DATASETS
+from mptc.components.registry import DATASETS
 
 PTBXL_NAMES = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]  # as in its headers
 STATEMENTS = pd.DataFrame({

@@ -13,7 +13,7 @@ from mptc.commands import compare_rows, csv_table, default_vary, markdown_table,
 from mptc.compiler.lower import compile_spec
 from mptc.errors import SpecErrors
 from mptc.runtime.baselines import cotrain, cotrain_pcgrad, pcgrad
-from mptc.runtime.catalog import ShapeProblem, heldout_columns
+from mptc.components.catalog import ShapeProblem, heldout_columns
 from mptc.runtime.data import Data, heldout_tasks
 from mptc.runtime.datasets import Dataset
 from mptc.runtime.evaluate import recalibrate

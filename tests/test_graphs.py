@@ -12,7 +12,7 @@ from torch_geometric.data import Batch
 from mptc.compiler.lower import compile_spec
 from mptc.errors import SpecErrors
 from mptc.runtime import graphs as G
-from mptc.runtime.graphshapes import GraphFeatures, gin_features
+from mptc.components.graphshapes import GraphFeatures, gin_features
 
 SMALL = dict(pt_tasks=12, related=4, adversarial=4, ft_tasks=3)
 

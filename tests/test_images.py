@@ -9,7 +9,7 @@ import torch
 from mptc.compiler.lower import compile_spec
 from mptc.errors import SpecErrors
 from mptc.runtime.images import digits, mnist, parse_idx, read_idx, resize
-from mptc.runtime.registry import DATASETS
+from mptc.components.registry import DATASETS
 
 
 def idx_bytes(array: np.ndarray, type_byte: int = 0x08) -> bytes:

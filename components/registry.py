@@ -4,7 +4,7 @@ specs against the declared parameters without importing the runtime's heavy modu
 A component declares its parameters; its implementation is a "module:attr" path loaded on first use
 (or any callable, for a user's own component).
 
-    >>> from mptc.runtime.registry import Registry, Param
+    >>> from mptc.components.registry import Registry, Param
     >>> acts = Registry("activation")
     >>> _ = acts.register("relu", [Param("inplace", "bool", False)], target="torch.nn:ReLU")
     >>> acts.names()
@@ -99,4 +99,4 @@ ALL = {r.kind: r for r in (MODELS, HEADS, DATASETS, OPTIMIZERS, FUNCTIONS, ESTIM
 
 def catalog_loaded() -> None:
     """Makes sure the built-in components are registered (the catalog is torch-free)."""
-    import mptc.runtime.catalog  # noqa: F401
+    import mptc.components.catalog  # noqa: F401

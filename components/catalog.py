@@ -3,38 +3,21 @@
 Torch-free on purpose: `mptc check` validates a spec against this table without importing torch.
 A user adds a component the same way, e.g. `MODELS.register("mynet", [Param(...)], target=fn)`.
 
-    >>> from mptc.runtime.registry import MODELS
+    >>> from mptc.components.registry import MODELS
     >>> [p.name for p in MODELS.get("mlp").params][:2]
     ['hidden', 'in']
 """
 from __future__ import annotations
 
-from mptc.runtime.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
+from mptc.components.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, SOLVERS, Param)
-from mptc.runtime.graphshapes import JK_MODES, POOLS, GraphFeatures, gin_features, is_graph
-
-B = "B"  # the batch dimension in shapes
-
-
-class ShapeProblem(ValueError):
-    """Raised by a shape rule; the checker turns it into a ShapeMismatch at the call's span."""
-
-
-def _features(in_shape) -> int | None:
-    if in_shape is None:
-        return None
-    if len(in_shape) != 2 or is_graph(in_shape):
-        raise ShapeProblem(f"expects inputs of shape [batch, features], got {_fmt(in_shape)}")
-    return in_shape[1]
-
-
-def _fmt(shape) -> str:
-    return "[" + ", ".join("batch" if d == B else str(d) for d in shape) + "]"
+from mptc.components.shapes import (B, JK_MODES, POOLS, GraphFeatures, ShapeProblem, broadcast, features,
+                                    fmt, gin_features, is_graph)
 
 
 def _dense(out_key):
     def rule(args, in_shape):
-        declared, got = args.get("in"), _features(in_shape)
+        declared, got = args.get("in"), features(in_shape)
         if declared is not None and got is not None and declared != got:
             raise ShapeProblem(f"declared in: {declared} but its input has {got} features")
         return (B, out_key(args))
@@ -61,7 +44,7 @@ def _conv_shape(axes: int):
     def rule(args, in_shape):
         if in_shape is not None and (len(in_shape) != 2 + axes or is_graph(in_shape)):
             want = "[batch, channels, length]" if axes == 1 else "[batch, channels, height, width]"
-            raise ShapeProblem(f"expects inputs of shape {want}, got {_fmt(in_shape)}")
+            raise ShapeProblem(f"expects inputs of shape {want}, got {fmt(in_shape)}")
         if args.get("out") is not None:
             return (B, args["out"])
         if args["pool"] != "flatten":
@@ -97,7 +80,7 @@ MODELS.register("cnn1d", _cnn_params([32, 32, 32, 32], 7, 2), target="mptc.runti
 
 def _gin_shape(args, in_shape):
     if in_shape is not None and not is_graph(in_shape):
-        raise ShapeProblem(f"expects a batch of graphs (graphs.* data), got {_fmt(in_shape)}")
+        raise ShapeProblem(f"expects a batch of graphs (graphs.* data), got {fmt(in_shape)}")
     declared, got = args.get("in"), in_shape[1].nodes if in_shape is not None else None
     if declared is not None and got is not None and declared != got:
         raise ShapeProblem(f"declared in: {declared} but its graphs have {got} node features")
@@ -257,27 +240,13 @@ def _same(args, shapes):
     return shapes[0]
 
 
-def broadcast(a, b):
-    """numpy broadcasting of two shapes ("B" only matches "B" or 1); None when they do not broadcast."""
-    if a == b:
-        return a
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = a[-i] if i <= len(a) else 1
-        y = b[-i] if i <= len(b) else 1
-        if x != y and 1 not in (x, y):
-            return None
-        out.append(y if x == 1 else x)
-    return tuple(reversed(out))
-
-
 def _pair(args, shapes):
     a, b = shapes
     if a is None or b is None:
         return a if a is not None else b
     out = broadcast(a, b)
     if out is None:
-        raise ShapeProblem(f"cannot compare shapes {_fmt(a)} and {_fmt(b)}")
+        raise ShapeProblem(f"cannot compare shapes {fmt(a)} and {fmt(b)}")
     return out
 
 
@@ -300,9 +269,9 @@ for _name, _doc in (("bce", "binary cross-entropy with logits, per element"),
 def _contrastive(args, shapes):
     a, b, t = shapes
     if a is not None and b is not None and a != b:
-        raise ShapeProblem(f"needs two views of the same shape, got {_fmt(a)} and {_fmt(b)}")
+        raise ShapeProblem(f"needs two views of the same shape, got {fmt(a)} and {fmt(b)}")
     if t is not None and t != ():
-        raise ShapeProblem(f"temperature must be one number, got shape {_fmt(t)}")
+        raise ShapeProblem(f"temperature must be one number, got shape {fmt(t)}")
     return None if a is None else a[:1]
 
 
@@ -325,7 +294,7 @@ def _concat(args, shapes):
     if a is None or b is None:
         return None
     if len(a) != len(b) or a[:-1] != b[:-1]:
-        raise ShapeProblem(f"cannot put shapes {_fmt(a)} and {_fmt(b)} side by side (all but the last "
+        raise ShapeProblem(f"cannot put shapes {fmt(a)} and {fmt(b)} side by side (all but the last "
                            f"axis must agree)")
     return (*a[:-1], a[-1] + b[-1])
 
