@@ -133,8 +133,7 @@ class Module:
     name: str
     role: str
     component: Component
-    in_dim: int | None
-    out_dim: int | None
+    in_dim: Any
 
 
 @frozen
@@ -169,14 +168,23 @@ class DataRef:
 
 
 @frozen
-class StagePlan:
-    """A pretrain or finetune stage. `trains`: the modules its optimizer updates."""
+class PretrainPlan:
+    """The pretrain stage: `steps` (P) PT steps per meta-step; `trains` the modules its optimizer updates."""
 
-    kind: str
     data: DataRef
     loss: IExpr
     optimizer: Component
     steps: int
+    trains: tuple[str, ...]
+
+
+@frozen
+class FinetunePlan:
+    """The finetune stage: `unroll` (K) differentiable steps per meta-step on the modules in `trains`."""
+
+    data: DataRef
+    loss: IExpr
+    optimizer: Component
     unroll: int
     trains: tuple[str, ...]
 
@@ -228,8 +236,8 @@ class Plan:
     modules: tuple[Module, ...]
     metas: tuple[MetaParam, ...]
     lets: tuple[Let, ...]
-    pretrain: StagePlan
-    finetune: StagePlan
+    pretrain: PretrainPlan
+    finetune: FinetunePlan
     objective: Objective
     estimators: tuple[Estimator, ...]
     meta_optimizer: Component

@@ -76,9 +76,7 @@ class _Lower:
             if isinstance(d, (ast.ModelDecl, ast.HeadDecl)):
                 comp = _component(self.c.args[id(d.component)])
                 role = "model" if isinstance(d, ast.ModelDecl) else "head"
-                hidden = comp.args.get("hidden")  # a list of widths (mlp) or one width (gin)
-                out = comp.args.get("out") or (hidden[-1] if isinstance(hidden, (list, tuple)) else hidden)
-                yield ir.Module(name, role, comp, self.c.in_dims.get(name), out)
+                yield ir.Module(name, role, comp, self.c.in_dims.get(name))
 
     def meta_params(self):
         for name, d in self.c.decls.items():
@@ -99,23 +97,29 @@ class _Lower:
         split = ".".join(ref.parts[1:]) or None
         return ir.DataRef(ref.parts[0], split, batch or DEFAULT_BATCH)
 
-    def stage(self, kind: str) -> ir.StagePlan:
+    def _stage_parts(self, kind: str):
+        """(data, loss, optimizer) of a stage; an `augment` clause wraps the loss (x augmented first)."""
         found = self.c.stages[kind]
         optimizer = (_component(self.c.args[id(found["optimizer"].call)]) if "optimizer" in found
                      else _component(DEFAULT_OPTIMIZER[kind]))
-        data = self.data_ref(found["data"], found["data"].batch)
-        modules = self.modules_in(found["loss"].expr)
-        unroll = found["unroll"].k if "unroll" in found else DEFAULT_STEPS["finetune"]
-        trains = modules
-        if kind == "finetune":
-            pt_modules = set(self.modules_in(self.c.stages["pretrain"]["loss"].expr))
-            update = tuple(i.name for i in found["unroll"].update) if "unroll" in found else ()
-            trains = update or tuple(m for m in modules if m not in pt_modules)
-        steps = found["steps"].n if "steps" in found else DEFAULT_STEPS[kind]
         loss = self.expr(found["loss"].expr)
-        if "augment" in found:                          # x is augmented before the loss reads it
+        if "augment" in found:
             loss = self.augmented(found["augment"].call, loss)
-        return ir.StagePlan(kind, data, loss, optimizer, steps, unroll, trains)
+        return self.data_ref(found["data"], found["data"].batch), loss, optimizer
+
+    def pretrain(self) -> ir.PretrainPlan:
+        found = self.c.stages["pretrain"]
+        steps = found["steps"].n if "steps" in found else DEFAULT_STEPS["pretrain"]
+        return ir.PretrainPlan(*self._stage_parts("pretrain"), steps, self.modules_in(found["loss"].expr))
+
+    def finetune(self) -> ir.FinetunePlan:
+        """`trains`: the modules `unroll K update ...` names, else those the FT loss uses that PT does not."""
+        found = self.c.stages["finetune"]
+        unroll = found["unroll"].k if "unroll" in found else DEFAULT_STEPS["finetune"]
+        update = tuple(i.name for i in found["unroll"].update) if "unroll" in found else ()
+        pt_modules = set(self.modules_in(self.c.stages["pretrain"]["loss"].expr))
+        trains = update or tuple(m for m in self.modules_in(found["loss"].expr) if m not in pt_modules)
+        return ir.FinetunePlan(*self._stage_parts("finetune"), unroll, trains)
 
     def augmented(self, call, body) -> ir.Augmented:
         return ir.Augmented(*self.augment_args(call), body)
@@ -163,8 +167,8 @@ class _Lower:
             metas=tuple(self.meta_params()),
             lets=tuple(ir.Let(n, self.expr(self.lets[n].value), n in self.c.meta_only_lets)
                        for n in self.c.let_order),
-            pretrain=self.stage("pretrain"),
-            finetune=self.stage("finetune"),
+            pretrain=self.pretrain(),
+            finetune=self.finetune(),
             objective=ir.Objective(self.expr(objective.expr), self.data_ref(objective.on, ft_batch)),
             estimators=tuple(self.estimators()),
             meta_optimizer=_component(self.c.args[id(meta_opt.call)]) if meta_opt else DEFAULT_META_OPTIMIZER,

@@ -50,8 +50,7 @@ def test_base_compiles_with_defaults():
     assert [(e.stage, e.method.name) for e in plan.estimators] == [("pretrain", "ift"), ("finetune", "unroll")]
     assert plan.estimators[0].method.args["solver"].name == "neumann"
     assert (plan.train.meta_steps, plan.train.device, plan.evaluate) == (100, "auto", None)
-    assert [(m.name, m.in_dim, m.out_dim) for m in plan.modules] == [("encoder", 8, 4), ("pt_head", 4, 4),
-                                                                     ("ft_head", 4, 2)]
+    assert [(m.name, m.in_dim) for m in plan.modules] == [("encoder", 8), ("pt_head", 4), ("ft_head", 4)]
     assert plan.pretrain.trains == ("encoder", "pt_head") and plan.finetune.trains == ("ft_head",)
 
 
@@ -270,7 +269,8 @@ OVERRIDES = [
     ("pretrain.steps=4", lambda p: p.pretrain.steps, 4),
     ("pretrain.data.batch=64", lambda p: p.pretrain.data.batch, 64),
     ("finetune.data.batch=8", lambda p: (p.finetune.data.batch, p.objective.data.batch), (8, 8)),
-    ("model.encoder.hidden=[16, 2]", lambda p: p.modules[0].out_dim, 2),
+    ("model.encoder.hidden=[16, 2]", lambda p: (p.modules[0].component.args["hidden"], p.modules[1].in_dim),
+     ([16, 2], 2)),
     ("head.pt_head.bias=false", lambda p: p.modules[1].component.args["bias"], False),
     ("meta.w.init=-0.5", lambda p: p.metas[0].init, -0.5),
     # a whole component in place of the one written
@@ -278,7 +278,7 @@ OVERRIDES = [
     ("pretrain.optimizer=sgd(lr: 0.2, momentum: 0.9)", lambda p: (p.pretrain.optimizer.name,
                                                                   p.pretrain.optimizer.args["momentum"]), ("sgd", 0.9)),
     ("finetune.optimizer=adam", lambda p: p.finetune.optimizer.name, "adam"),
-    ("model.encoder=linear(out: 3)", lambda p: (p.modules[0].component.name, p.modules[0].out_dim), ("linear", 3)),
+    ("model.encoder=linear(out: 3)", lambda p: (p.modules[0].component.name, p.modules[1].in_dim), ("linear", 3)),
 ]
 
 
@@ -286,7 +286,7 @@ def test_a_vector_length_follows_other_data():
     """The real dataset has other task counts than its stand-in: the data, the head and the weights change
     together; the length alone leaves the shapes at odds, reported against the spec."""
     plan = compile_spec(BASE, P, ["data.pt.tasks=6", "head.pt_head.out=6", "meta.w.length=6"])
-    assert (plan.metas[0].size, plan.datasets[0].y_dim, plan.modules[1].out_dim) == (6, 6, 6)
+    assert (plan.metas[0].size, plan.datasets[0].y_dim, plan.modules[1].component.args["out"]) == (6, 6, 6)
     assert "cannot combine shapes" in str(errors_of(BASE, ["meta.w.length=6"])[0].message)
     scalar = edit("meta w: vector[4] = 0.0", "meta w: scalar = 0.0", BASE)
     assert errors_of(scalar, ["meta.w.length=3"])[0].message == "'w' is not a vector: only a vector has a length"
