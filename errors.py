@@ -86,6 +86,14 @@ class MissingPart(SpecError):
     """A required declaration or clause is absent."""
 
 
+class Unsupported(SpecError):
+    """A construct the language has a syntax for but that mptc does not execute yet."""
+
+
+class UnusedMeta(SpecError):
+    """A meta-parameter no loss depends on: its hypergradient would always be zero."""
+
+
 class SpecErrors(MptcError):
     """Every error found in one spec, sorted by position."""
 

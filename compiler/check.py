@@ -11,30 +11,25 @@ of the file and raises one SpecErrors. Never imports torch.
 """
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from mptc.compiler import ast
+from mptc.compiler.language import CLAUSE_NAME, NAMED, SINGLE_KEYWORD, STAGE_CLAUSES
 from mptc.compiler.space import expand
 from mptc.compiler.values import check_args, check_component, fits_float, fold
 from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
-                         SpecErrors, UnknownComponent, UnknownName, did_you_mean)
+                         SpecErrors, UnknownComponent, UnknownName, Unsupported, UnusedMeta, did_you_mean)
 from mptc.components.catalog import ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES
 from mptc.components.shapes import B, ShapeProblem, broadcast, fmt
 from mptc.components.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, Param)
 
-SINGLE = (ast.SpecHeader, ast.ObjectiveDecl, ast.HypergradientDecl, ast.MetaOptimizerDecl, ast.TrainDecl,
-          ast.EvaluateDecl)
-NAMED = (ast.DataDecl, ast.ModelDecl, ast.HeadDecl, ast.MetaDecl, ast.LetDecl, ast.SpaceDecl)
-KEYWORD = {ast.SpecHeader: "spec", ast.ObjectiveDecl: "meta_objective", ast.HypergradientDecl: "hypergradient",
-           ast.MetaOptimizerDecl: "meta_optimizer", ast.TrainDecl: "train", ast.EvaluateDecl: "evaluate"}
-CLAUSES = {"pretrain": ("data", "loss", "optimizer", "steps", "augment"),
-           "finetune": ("data", "loss", "optimizer", "unroll"),
-           "auxiliary": ("data", "loss", "sample", "weights", "end_task_weight", "optimizer")}
-CLAUSE_NAME = {ast.DataClause: "data", ast.LossClause: "loss", ast.OptimizerClause: "optimizer",
-               ast.StepsClause: "steps", ast.UnrollClause: "unroll", ast.AugmentClause: "augment",
-               ast.SampleClause: "sample", ast.WeightsClause: "weights", ast.EndTaskWeightClause: "end_task_weight"}
-TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1), Param("warmup", "int", 0, min=0),
+# Upper bounds far beyond any run this machine or a GPU finishes, so that a typo (a 10-digit step count)
+# is an error at its place rather than a MemoryError or a run of years.
+LIMITS = {"steps": 10 ** 6, "unroll": 10 ** 4, "batch": 10 ** 8}
+TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1, max=10 ** 8), Param("warmup", "int", 0, min=0, max=10 ** 9),
                  Param("seed", "int", 0), Param("device", "str", "auto"), Param("log_every", "int", 10, min=1),
                  Param("max_nonfinite", "int", 5, min=1, doc="non-finite hypergradients in a row that stop a run"),
                  Param("reset_every", "int", 0, min=0,
@@ -56,7 +51,7 @@ class Checked:
     stages: dict           # kind -> {clause name -> clause}
     in_dims: dict          # module name -> inferred input features
     data_shapes: dict      # dataset name -> {"x": shape, "y": shape}
-    space_sizes: dict      # space name -> number of objectives
+    spaces: dict           # space name -> its objectives' names, in order
     let_order: tuple       # let names, dependencies first
     meta_only_lets: frozenset
     let_free: dict         # let name -> the names it depends on, through other lets (inputs, metas, modules)
@@ -68,7 +63,7 @@ class _Checker:
     def __init__(self, spec: ast.Spec):
         self.spec, self.errors = spec, []
         self.decls, self.singles, self.stages, self.args = {}, {}, {}, {}
-        self.in_dims, self.data_shapes, self.space_sizes = {}, {}, {}
+        self.in_dims, self.data_shapes, self.spaces_of = {}, {}, {}
         self.let_shapes: dict = {}
         self.scoped_shapes: dict = {}  # (let, (x shape, y shape)) -> shape, for lets that read the batch
         self.let_deps: dict = {}
@@ -87,7 +82,7 @@ class _Checker:
                 key = item.kind if item.kind != "auxiliary" else f"auxiliary {item.name}"
                 self._declare(item, self.stages, key, f"a second {key} block")
             else:
-                kw = KEYWORD[type(item)]
+                kw = SINGLE_KEYWORD[type(item)]
                 self._declare(item, self.singles, kw, f"'{kw}' is given twice")
 
     def _declare(self, item, table, key, message):
@@ -182,7 +177,7 @@ class _Checker:
 
     def spaces(self):
         for name, decl in self.of(ast.SpaceDecl).items():
-            self.space_sizes[name] = len(expand(decl, self.errors).objectives)
+            self.spaces_of[name] = expand(decl, self.errors).objectives
 
     def metas(self):
         for name, decl in self.of(ast.MetaDecl).items():
@@ -209,7 +204,7 @@ class _Checker:
 
     # ---- pass 3: lets (cycles), stages and expressions ---------------------------------------------
     def let_order(self) -> tuple:
-        lets, order, state = self.of(ast.LetDecl), [], {}
+        lets, order, state, self.cyclic = self.of(ast.LetDecl), [], {}, set()
         self.let_names = {name: _names(decl.value) for name, decl in lets.items()}  # (refs, calls)
         self.let_uses = {name: refs | calls for name, (refs, calls) in self.let_names.items()}
 
@@ -219,6 +214,7 @@ class _Checker:
             if state.get(name) == "open":
                 cycle = " -> ".join(path[path.index(name):] + [name])
                 self.err(Cycle(lets[name].name_span, f"'let {name}' refers to itself: {cycle}"))
+                self.cyclic.add(name)
                 state[name] = "done"
                 return
             state[name] = "open"
@@ -234,7 +230,7 @@ class _Checker:
 
     def stage_clauses(self):
         for key, stage in self.stages.items():
-            allowed, found = CLAUSES[stage.kind], {}
+            allowed, found = STAGE_CLAUSES[stage.kind], {}
             for clause in stage.clauses:
                 cname = CLAUSE_NAME[type(clause)]
                 if cname not in allowed:
@@ -254,10 +250,10 @@ class _Checker:
                 self.err(MissingPart(stage.span, f"{stage.kind} needs a '{need}' clause"))
         if "optimizer" in found:
             self.component(OPTIMIZERS, found["optimizer"].call)
-        if "steps" in found and found["steps"].n < 1:
-            self.err(OutOfRange(found["steps"].span, f"steps must be >= 1, got {found['steps'].n}"))
-        if "unroll" in found and found["unroll"].k < 1:
-            self.err(OutOfRange(found["unroll"].span, f"unroll must be >= 1, got {found['unroll'].k}"))
+        if "steps" in found:
+            self._count(found["steps"].span, "steps", found["steps"].n)
+        if "unroll" in found:
+            self._count(found["unroll"].span, "unroll", found["unroll"].k)
         if "data" in found:
             self.data_ref(found["data"].ref, found["data"].batch, found["data"].span)
         for ident in found["unroll"].update if "unroll" in found else ():
@@ -283,9 +279,16 @@ class _Checker:
             have = f"its splits are {', '.join(splits)}" if splits else "it has no splits"
             self.err(UnknownName(ref.span, f"'{name}' has no split '{split}' ({have})",
                                  hint=did_you_mean(split, splits) and f"{name}.{did_you_mean(split, splits)}"))
-        if batch is not None and batch < 1:
-            self.err(OutOfRange(span, f"batch must be >= 1, got {batch}"))
+        if batch is not None:
+            self._count(span, "batch", batch)
         return self.data_shapes.get(name)
+
+    def _count(self, span, what: str, n: int):
+        """A step, unroll or batch count: at least 1, at most LIMITS[what]."""
+        if n < 1:
+            self.err(OutOfRange(span, f"{what} must be >= 1, got {n}"))
+        elif n > LIMITS[what]:
+            self.err(OutOfRange(span, f"{what} must be <= {LIMITS[what]}, got {n}"))
 
     def let_table(self):
         """Per let, in dependency order: the lets it depends on (transitively) and whether it reads the
@@ -374,14 +377,33 @@ class _Checker:
         return (len(expr.items),)
 
     def shape_Index(self, expr, scope):
-        self.shape(expr.target, scope), self.shape(expr.index, scope)
-        return None
+        """`t[i]` selects along the first axis: a vector's entry, a matrix's row."""
+        target, index = self.shape(expr.target, scope), self.shape(expr.index, scope)
+        if target == ():
+            self.err(ShapeMismatch(expr.span, "cannot index a single number"))
+            return None
+        k = fold(expr.index)
+        if isinstance(k, (int, float)) and not isinstance(k, (bool, str)):
+            if not isinstance(k, int):
+                self.err(BadArgument(expr.index.span, f"an index must be an integer, got {k}"))
+                return None
+            n = target[0] if target else None
+            if isinstance(n, int) and not -n <= k < n:
+                self.err(OutOfRange(expr.index.span, f"index {k} is out of range for a length of {n} "
+                                    f"(0 to {n - 1})"))
+                return None
+        elif index is not None and index != ():
+            self.err(ShapeMismatch(expr.index.span, f"an index must be one number, but has shape {fmt(index)}"))
+            return None
+        return None if target is None else target[1:]
 
     def shape_Neg(self, expr, scope):
         return self.shape(expr.operand, scope)
 
     def shape_BinOp(self, expr, scope):
         left, right = self.shape(expr.left, scope), self.shape(expr.right, scope)
+        if expr.op == "/" and _is_number(fold(expr.right)) and fold(expr.right) == 0:
+            self.err(OutOfRange(expr.right.span, "division by zero"))
         if left is None or right is None:
             return None
         out = broadcast(left, right)
@@ -415,7 +437,7 @@ class _Checker:
         if isinstance(t, ast.VectorType):
             return (t.length,)
         if isinstance(t, ast.FactoredType):
-            return (self.space_sizes[t.space],) if t.space in self.space_sizes else None
+            return (len(self.spaces_of[t.space]),) if t.space in self.spaces_of else None
         return () if isinstance(t, ast.ScalarType) else None
 
     def let_shape(self, decl, scope):
@@ -446,10 +468,15 @@ class _Checker:
             self.err(UnknownName(expr.func.span, f"unknown function or module '{name}'",
                                  hint=did_you_mean(name, known)))
             return None
-        if expr.kwargs or len(expr.args) != len(comp.params):
-            n = len(comp.params)
+        n = len(comp.params)
+        if expr.kwargs:
+            kw = expr.kwargs[0]
+            self.err(BadArgument(kw.span, f"{name} takes {n} positional argument{'s' if n != 1 else ''} and no "
+                                 f"keywords, got '{kw.name}: ...'"))
+            return None
+        if len(expr.args) != n:
             self.err(BadArgument(expr.span, f"{name} takes {n} argument{'s' if n != 1 else ''}, "
-                                 f"got {len(expr.args) + len(expr.kwargs)}"))
+                                 f"got {len(expr.args)}"))
             return None
         shapes = [self.shape(a, scope) for a in expr.args]
         return self._rule(comp.shape, expr, None, shapes)
@@ -572,14 +599,56 @@ class _Checker:
         if not self.of(ast.MetaDecl):
             self.err(MissingPart(end, "the spec declares no meta-parameter: nothing to learn"))
 
+    # ---- pass 0: what the language can say but mptc does not run yet, and literals -------------------
+    def supported(self):
+        for item in self.spec.items:
+            if isinstance(item, ast.Stage) and item.kind == "auxiliary":
+                self.err(Unsupported(key_span(item.span, "auxiliary"), "unsupported: auxiliary objectives (AANG) "
+                                     "are not implemented yet; remove the auxiliary block"))
+            elif isinstance(item, ast.MetaDecl) and isinstance(item.type, ast.FactoredType) and any(
+                    isinstance(i, ast.SpaceDecl) and i.name == item.type.space for i in self.spec.items):
+                self.err(Unsupported(item.type.span, "unsupported: factored weights over a space (AANG) are not "
+                                     "implemented yet"))
+
+    def literals(self):
+        """A number literal beyond float's range (`1e400`) is an error, not infinity."""
+        stack = list(self.spec.items)
+        while stack:
+            node = stack.pop()
+            if type(node) is ast.Number and isinstance(node.value, float) and not math.isfinite(node.value):
+                self.err(OutOfRange(node.span, f"the number {node.text} is too large (it overflows to infinity)"))
+            elif type(node) is not ast.Number:
+                stack += _kids(node)
+
+    # ---- pass 5: what uses what --------------------------------------------------------------------
+    def uses(self, let_free):
+        """Every meta-parameter reaches a loss; `unroll ... update` names modules the FT loss uses."""
+        pt, ft = self.stages["pretrain"], self.stages["finetune"]
+        used = _free(self.singles["meta_objective"].expr, let_free)
+        for found in (pt, ft):
+            used |= _free(found["loss"].expr, let_free)
+        if "augment" in pt:
+            used |= _free(pt["augment"].call, let_free)
+        for name, decl in self.of(ast.MetaDecl).items():
+            if name not in used:
+                self.err(UnusedMeta(decl.name_span, f"meta-parameter '{name}' is used by no loss (nor by a let "
+                                    f"that a loss uses): its hypergradient would always be zero"))
+        modules = self.of((ast.ModelDecl, ast.HeadDecl))
+        ft_uses = [m for m in modules if m in _free(ft["loss"].expr, let_free)]
+        for ident in ft["unroll"].update if "unroll" in ft else ():
+            if ident.name in modules and ident.name not in ft_uses:
+                self.err(BadArgument(ident.span, f"'{ident.name}' is not used by the finetune loss: the unrolled "
+                                     f"FT steps cannot update it (the loss uses {', '.join(ft_uses) or 'no module'})"))
+
     def run(self) -> Checked:
+        self.supported()
+        self.literals()
         self.collect()
         self.datasets()
         self.modules()
         self.spaces()
         self.metas()
         self.let_order_names = self.let_order()
-        self.cyclic = {e.message.split("'")[1].split()[1] for e in self.errors if isinstance(e, Cycle)}
         self.stage_clauses()
         self.expressions()
         self.meta_level()
@@ -589,10 +658,13 @@ class _Checker:
         let_free = {}  # dependencies first, so each let's names are resolved once
         for name in self.let_order_names:
             let_free[name] = _through(self.let_uses[name], let_free)
+        self.uses(let_free)
+        if self.errors:
+            raise SpecErrors(_dedupe(self.errors), "")
         metas = self.of(ast.MetaDecl).keys()
         meta_only = frozenset(n for n in self.let_order_names if let_free[n] <= metas)
         return Checked(self.spec, self.decls, self.args, self.stages, self.in_dims, self.data_shapes,
-                       self.space_sizes, self.let_order_names, meta_only, let_free)
+                       self.spaces_of, self.let_order_names, meta_only, let_free)
 
 
 # ---- helpers -------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ class Module:
 
 @frozen
 class MetaParam:
-    """A meta-parameter: kind scalar, vector, network or factored."""
+    """A meta-parameter: kind scalar, vector or network."""
 
     name: str
     kind: str
@@ -147,6 +147,15 @@ class MetaParam:
     bounds: tuple[float, float] | None
     network: Component | None
     in_dim: Any = None  # a network's inferred input: features, or the per-example shape (channels, ...)
+
+
+@frozen
+class Space:
+    """An AANG search space, expanded: its objectives' names in order (`mptc space` lists them; runs
+    record them in ir.json until auxiliary objectives are implemented)."""
+
+    name: str
+    objectives: tuple[str, ...]
 
 
 @frozen
@@ -235,6 +244,7 @@ class Plan:
     datasets: tuple[DataSource, ...]
     modules: tuple[Module, ...]
     metas: tuple[MetaParam, ...]
+    spaces: tuple[Space, ...]
     lets: tuple[Let, ...]
     pretrain: PretrainPlan
     finetune: FinetunePlan

@@ -86,7 +86,7 @@ class _Lower:
     def meta(self, name, d):
         t = d.type
         kind = type(t).__name__.removesuffix("Type").lower()
-        size = t.length if isinstance(t, ast.VectorType) else self.c.space_sizes.get(getattr(t, "space", None), 1)
+        size = t.length if isinstance(t, ast.VectorType) else 1
         network = _component(self.c.args[id(t.component)]) if isinstance(t, ast.NetworkType) else None
         bounds = tuple(float(fold(b)) for b in d.bounds) if d.bounds else None
         init = float(fold(d.init)) if d.init is not None else 0.0
@@ -165,6 +165,7 @@ class _Lower:
             datasets=tuple(self.datasets()),
             modules=tuple(self.modules()),
             metas=tuple(self.meta_params()),
+            spaces=tuple(ir.Space(n, tuple(objectives)) for n, objectives in self.c.spaces.items()),
             lets=tuple(ir.Let(n, self.expr(self.lets[n].value), n in self.c.meta_only_lets)
                        for n in self.c.let_order),
             pretrain=self.pretrain(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import attrs
 
 from mptc.compiler import ast
+from mptc.compiler.language import OVERRIDE_ROOTS
 from mptc.compiler.parse import parse
 from mptc.compiler.values import fold
 from mptc.errors import BadArgument, Span, SpecErrors, UnknownName, did_you_mean
@@ -165,7 +166,6 @@ def _int_clause(stage, rest, value, key_span):
     return attrs.evolve(clause, span=_tail(key_span, rest[-1], value), **{field: number})
 
 
-ROOTS = ("data", "model", "head", "train", "meta_optimizer", "evaluate", "pretrain", "finetune", "meta")
 
 
 def apply_override(spec: ast.Spec, item: str) -> ast.Spec:
@@ -186,7 +186,7 @@ def apply_override(spec: ast.Spec, item: str) -> ast.Spec:
         return _replace(spec, decl, attrs.evolve(decl, type=_vector_length(decl, value, key_span)))
     if parts[0] == "meta":
         raise SpecErrors([BadArgument(key_span, "use --set meta.NAME.init=VALUE or meta.NAME.length=N")], "")
-    _fail(key_span, f"unknown override root '{parts[0]}' (known: {', '.join(ROOTS)})", ROOTS, parts[0])
+    _fail(key_span, f"unknown override root '{parts[0]}' (known: {', '.join(OVERRIDE_ROOTS)})", OVERRIDE_ROOTS, parts[0])
 
 
 def apply_overrides(spec: ast.Spec, items) -> ast.Spec:

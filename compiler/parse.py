@@ -16,6 +16,7 @@ from lark import Lark, Token, Transformer, Tree, UnexpectedCharacters, Unexpecte
 from lark.exceptions import UnexpectedEOF, VisitError
 
 from mptc.compiler import ast
+from mptc.compiler.language import KEYWORDS
 from mptc.errors import Span, SyntaxProblem, did_you_mean
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "mpt.lark"
@@ -254,8 +255,6 @@ class _Build(Transformer):
 # Common slips, recognised by example: a label applies when the user's error arises in the same parser
 # state (and on the same kind of token) as one of its snippets. `DECL` stands for any token that starts
 # a declaration, or the end of the file: what follows an unclosed ')' or '}'.
-_KEYWORDS = ("spec", "data", "model", "head", "meta", "let", "pretrain", "finetune", "auxiliary", "space",
-             "meta_objective", "hypergradient", "meta_optimizer", "train", "evaluate")
 _UNCLOSED_BLOCK = "missing '}' to close the block"
 _UNCLOSED_CALL = "missing ')'"
 _SLIPS = {
@@ -305,7 +304,7 @@ def _expected(err) -> str:
 
 
 def _kind(token) -> str:
-    return "DECL" if token.type == "$END" or str(token) in _KEYWORDS else token.type
+    return "DECL" if token.type == "$END" or str(token) in KEYWORDS else token.type
 
 
 @functools.cache

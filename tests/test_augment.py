@@ -273,7 +273,7 @@ meta s: scalar = 1
 let view = jitter(x, std: s)
 pretrain { data pt  loss LOSS }
 finetune { data ft.train  loss mean(bce(ft_head(encoder(x)), y)) }
-meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+meta_objective mean(bce(ft_head(encoder(x)), y)) + 0 * s on ft.val
 """
 
 

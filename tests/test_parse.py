@@ -9,7 +9,8 @@ from mptc.compiler.ast import (BinOp, Call, Condition, DataClause, DataDecl, Exc
                                HypergradientDecl, Ident, Index, Kwarg, LetDecl, ListExpr, MetaDecl, ModelDecl,
                                Neg, Number, Option, Ref, SpaceDecl, SpecHeader, SplitPart, Stage, StepsClause,
                                String, TrainDecl, UnrollClause, VectorType)
-from mptc.compiler.parse import _KEYWORDS, _SLIPS, _describe, parse, parser
+from mptc.compiler.language import KEYWORDS as _KEYWORDS
+from mptc.compiler.parse import _SLIPS, _describe, parse, parser
 from mptc.errors import Span, SyntaxProblem
 
 P = "t.mpt"
