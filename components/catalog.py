@@ -104,12 +104,29 @@ HEADS.register("mlp", [Param("hidden", "ints", min=1), Param("out", "int", min=1
 
 
 # ---- data ----------------------------------------------------------------------------------------
+def _planted(tasks: int, related: int, adversarial: int, of: str = "tasks"):
+    if related + adversarial > tasks:
+        raise ShapeProblem(f"related + adversarial = {related + adversarial} exceeds {of} = {tasks}")
+
+
 def _multitask_shape(args, _):
+    _planted(args["tasks"], args["related"], args["adversarial"])
+    if args["related_factors"] >= args["factors"]:
+        raise ShapeProblem(f"related_factors = {args['related_factors']} must be < factors = {args['factors']}")
     return {"x": (B, args["dim"]), "y": (B, args["tasks"])}
 
 
 def _multitask_ft_shape(args, _):
     return {"x": args["of"]["x"], "y": (B, args["tasks"])}
+
+
+def _synthetic_graphs_shape(args, _):
+    _planted(args["pt_tasks"], args["related"], args["adversarial"], of="pt_tasks")
+    if args["max_nodes"] < args["min_nodes"]:
+        raise ShapeProblem(f"max_nodes = {args['max_nodes']} < min_nodes = {args['min_nodes']}")
+    if args["task"] == "pretrain":
+        return _graph_shape(args["node_dim"], args["edge_dim"], args["pt_tasks"])
+    return _graph_shape(args["node_dim"], args["edge_dim"], args["ft_tasks"], ("train", "val", "test", "all"))
 
 
 def _graph_shape(nodes, edges, tasks, splits=()):
@@ -126,26 +143,25 @@ DATASETS.register("graphs.bio", [
     _graph_shape(1, 9, 40, ("train", "val", "test", "test_easy", "all")),
     doc="pretrain-gnns bio ego-networks (PyG 1.x file converted and cached); species split, human = FT test.")
 DATASETS.register("graphs.synthetic", [
-    Param("graphs", "int", min=2), Param("pt_tasks", "int", min=1), Param("related", "int", min=0),
-    Param("ft_tasks", "int", min=1), Param("adversarial", "int", 0, min=0), _GRAPH_TASK,
+    Param("graphs", "int", min=2, max=10 ** 7), Param("pt_tasks", "int", min=1, max=10 ** 5),
+    Param("related", "int", min=0), Param("ft_tasks", "int", min=1, max=10 ** 5), Param("adversarial", "int", 0, min=0), _GRAPH_TASK,
     Param("related_motifs", "int", 3, min=1, max=5), Param("min_nodes", "int", 10, min=2),
     Param("max_nodes", "int", 20, min=2), Param("extra_edges", "float", 0.2, min=0),
     Param("max_count", "int", 3, min=1), Param("node_dim", "int", 3, min=1), Param("edge_dim", "int", 2, min=0),
     Param("noise", "float", 0.1, min=0), Param("ft_split", "floats", [0.2, 0.2, 0.6]), Param("seed", "int", 0),
 ], target="mptc.runtime.graphs:synthetic_graphs",
-    shape=lambda a, _: _graph_shape(a["node_dim"], a["edge_dim"], a["pt_tasks"]) if a["task"] == "pretrain" else
-    _graph_shape(a["node_dim"], a["edge_dim"], a["ft_tasks"], ("train", "val", "test", "all")),
+    shape=_synthetic_graphs_shape,
     doc="Random graphs with planted motifs; PT tasks on FT-related motifs, unrelated motifs or noise.")
 DATASETS.register("synthetic.multitask", [
-    Param("examples", "int", min=2), Param("dim", "int", min=1), Param("tasks", "int", min=1),
-    Param("related", "int", min=0), Param("adversarial", "int", 0, min=0),
-    Param("factors", "int", 8, min=2), Param("related_factors", "int", 3, min=1),
+    Param("examples", "int", min=2, max=10 ** 8), Param("dim", "int", min=1, max=10 ** 5),
+    Param("tasks", "int", min=1, max=10 ** 5), Param("related", "int", min=0), Param("adversarial", "int", 0, min=0),
+    Param("factors", "int", 8, min=2, max=10 ** 4), Param("related_factors", "int", 3, min=1),
     Param("noise", "float", 0.1, min=0), Param("prototypes", "int", 5, min=1),
     Param("spread", "float", 0.5, min=0), Param("seed", "int", 0),
 ], target="mptc.runtime.datasets:synthetic_multitask", shape=_multitask_shape,
     doc="Multi-label PT tasks over planted latent factors; info['relevant'] marks the FT-related ones.")
 DATASETS.register("synthetic.multitask_ft", [
-    Param("of", "dataset"), Param("examples", "int", min=2), Param("tasks", "int", min=1),
+    Param("of", "dataset"), Param("examples", "int", min=2, max=10 ** 8), Param("tasks", "int", min=1, max=10 ** 5),
     Param("seed", "int", 0),
 ], target="mptc.runtime.datasets:synthetic_multitask_ft", shape=_multitask_ft_shape,
     doc="The FT companion of a synthetic.multitask set: new tasks on its related factors.")
@@ -211,7 +227,7 @@ DATASETS.register("ecg.ptbxl", [
 ], target="mptc.runtime.ecg:ptbxl", shape=_with_splits(_ecg_shape, ("train", "val", "test")),
     doc="PTB-XL 12-lead ECGs, 5 diagnostic superclasses (multi-label); splits train/val/test by strat_fold.")
 DATASETS.register("ecg.synthetic", [
-    Param("examples", "int", min=2), Param("seed", "int", 0, min=0),
+    Param("examples", "int", min=2, max=10 ** 7), Param("seed", "int", 0, min=0),
     Param("noise", "float", 0.05, min=0, doc="standard deviation of the added noise (signals span ~1.6)"),
     Param("pool", "int", 6, min=2, doc="neurokit2 base records simulated per seed (even: half wide QRS)"),
 ], target="mptc.runtime.ecg:ecg_synthetic", shape=_ecg_shape,

@@ -52,7 +52,10 @@ def _build(source: ir.DataSource, built: dict):
         raise RunError(f"data '{source.name}': it comes with splits {', '.join(ds.splits)}; drop its split clause")
     if source.splits:
         from mptc.runtime.datasets import split
-        ds = split(ds, dict(source.splits), seed=args.get("seed", 0) or 0)
+        try:
+            ds = split(ds, dict(source.splits), seed=args.get("seed", 0) or 0)
+        except ValueError as e:                          # a fraction too small for the data's size
+            raise RunError(f"data '{source.name}': {e}") from None
     return ds
 
 

@@ -449,3 +449,56 @@ def test_space_counts_and_stable_names_at_scale():
 def test_space_errors(text, expected):
     _, errors = _space(text)
     assert [(type(e), e.span.line, e.span.col, e.message, e.hint) for e in errors] == expected
+
+
+# ---- specs that checked once and then crashed the run (each a located error now) -------------------
+CRASHED = [
+    # a meta-parameter no loss uses: its hypergradient would always be zero
+    (("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(bce(pt_head(encoder(x)), y))"),
+     UnusedMeta, (6, 6), "meta-parameter 'w' is used by no loss"),
+    # a let that uses it, but that no loss uses, does not count
+    (("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(bce(pt_head(encoder(x)), y))\n  steps 2"),
+     UnusedMeta, (6, 6), "meta-parameter 'w' is used by no loss"),
+    (("unroll 1 update ft_head", "unroll 1 update pt_head"), BadArgument, (15, 19),
+     "'pt_head' is not used by the finetune loss: the unrolled FT steps cannot update it (the loss uses encoder, "
+     "ft_head)"),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w[200])"), OutOfRange, (7, 24),
+     "index 200 is out of range for a length of 4 (0 to 3)"),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w[-5])"), OutOfRange, (7, 24),
+     "index -5 is out of range for a length of 4 (0 to 3)"),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w[1.5])"), BadArgument, (7, 24),
+     "an index must be an integer, got 1.5"),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w[0][0])"), ShapeMismatch, (7, 22),
+     "cannot index a single number"),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w) / 0"), OutOfRange, (7, 27), "division by zero"),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2e400 * sigmoid(w)"), OutOfRange, (7, 10),
+     "the number 2e400 is too large (it overflows to infinity)"),
+    (("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(t: w)"), BadArgument, (7, 22),
+     "sigmoid takes 1 positional argument and no keywords, got 't: ...'"),
+    (("data pt batch 16", "data pt batch 100000001"), OutOfRange, (9, 3), "batch must be <= 100000000"),
+    (("  data pt batch 16", "  data pt batch 16\n  steps 1000001"), OutOfRange, (10, 3), "steps must be <= 1000000"),
+    (("unroll 1 update", "unroll 10001 update"), OutOfRange, (15, 3), "unroll must be <= 10000"),
+    (("tasks: 4, related: 2", "tasks: 4, related: 5"), BadArgument, (1, 11),
+     "synthetic.multitask: related + adversarial = 5 exceeds tasks = 4"),
+    (("examples: 64", "examples: 10000000000"), OutOfRange, (1, 41), "'examples' must be <= 100000000"),
+]
+
+
+@pytest.mark.parametrize("change, cls, where, message", CRASHED, ids=[c[3][:30] for c in CRASHED])
+def test_what_used_to_crash_the_run_is_a_located_error(change, cls, where, message):
+    errors = errors_of(edit(*change))
+    assert len(errors) == 1, [e.message for e in errors]
+    e = errors[0]
+    assert (type(e), (e.span.line, e.span.col)) == (cls, where) and e.message.startswith(message), e.message
+
+
+@pytest.mark.parametrize("option, message", [("meta_steps 1000000000", "'meta_steps' must be <= 100000000, got 1000000000"),
+                                             ("warmup 10000000000", "'warmup' must be <= 1000000000, got 10000000000")])
+def test_train_counts_beyond_any_run_are_errors(option, message):
+    errors = errors_of(BASE + f"train {option}\n")
+    assert [e.message for e in errors] == [message]
+
+
+def test_an_index_selects_along_the_first_axis():
+    plan = compile_spec(edit("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w[3]) + 0 * w"), P)
+    assert plan.lets[0].meta_only

@@ -46,3 +46,17 @@ def test_a_missing_data_folder_is_a_spec_error_at_its_argument(tmp_path):
     assert len(errors) == 1 and errors[0][0] == 3 and "no such file or folder" in errors[0][2]
     (tmp_path / "mnist").mkdir()
     assert _errors(tmp_path / "mnits")[0][3] == str(tmp_path / "mnist")
+
+
+def test_a_split_too_small_for_the_data_is_one_named_run_error(tmp_path, capsys):
+    """`split train 0.0001` of 1536 examples leaves train empty: a named error at data-building time (it
+    was a ValueError traceback out of the run)."""
+    from pathlib import Path
+    from mptc.cli import main
+    quick = (Path(__file__).resolve().parent.parent / "specs" / "quickstart.mpt").read_text()
+    spec = tmp_path / "s.mpt"
+    spec.write_text(quick.replace("split train 0.1, val 0.3, test 0.6", "split train 0.0001, val 0.3999, test 0.6"))
+    assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--quiet", "--set", "train.meta_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "data 'ft'" in err and "would be empty" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
