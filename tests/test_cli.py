@@ -123,3 +123,51 @@ def test_render_multiline_span_underlines_to_the_end_of_its_first_line():
 def test_render_at_end_of_line_and_outside_the_file():
     assert _render(1, 4, 1, 5, "abc").splitlines()[2] == "  |    ^"
     assert _render(9, 1, 9, 2, "abc") == "f.mpt:9:1: error: oops"  # no such line: the header alone
+
+
+# ---- mptc compare --vary -------------------------------------------------------------------------
+TINY = """
+spec tiny "a tiny run"
+data pt = synthetic.multitask(examples: 128, dim: 8, tasks: 6, related: 2, adversarial: 1, seed: 0)
+data ft = synthetic.multitask_ft(of: pt, examples: 120, tasks: 2, seed: 1) split train 0.4, val 0.3, test 0.3
+model encoder = mlp(hidden: [8, 4])
+head pt_head = linear(out: 6)
+head ft_head = linear(out: 2)
+meta w: vector[6] = 0.0
+pretrain { data pt batch 16  loss mean(2 * sigmoid(w) * bce(pt_head(encoder(x)), y))  steps 2 }
+finetune { data ft.train batch 16  loss mean(bce(ft_head(encoder(x)), y))  unroll 1 }
+meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+train meta_steps 1 warmup 0 seed 0 device cpu log_every 1
+evaluate finetune(epochs: 1, seeds: 1) against pretrain
+"""
+
+
+@pytest.mark.parametrize("vary", ["train.seed+abc", "train.seed+", "+3", "", "train.seed+1.5", "train.seed+1+2",
+                                  "train.seed=3", "train seed", "train.seed+" + "9" * 5000])
+def test_a_malformed_vary_is_a_named_error(tmp_path, capsys, vary):
+    spec = tmp_path / "tiny.mpt"
+    spec.write_text(TINY)
+    out = tmp_path / "runs"
+    code = main(["compare", str(spec), "--seeds", "1", "--vary", "train.seed", vary, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err == (f"mptc: error: --vary {vary!r}: expected KEY or KEY+K with K an integer, "
+                   "e.g. --vary train.seed data.pt.seed+100\n")
+
+
+def test_vary_without_keys_is_argparse_misuse(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compare", "specs/quickstart.mpt", "--vary"])
+    assert info.value.code == 2 and "expected at least one argument" in capsys.readouterr().err
+
+
+def test_every_varied_key_is_checked_on_every_spec_before_the_first_run(tmp_path, capsys):
+    first, second = tmp_path / "a.mpt", tmp_path / "b.mpt"
+    first.write_text(TINY)
+    second.write_text(TINY.replace("data pt =", "data src =").replace("of: pt", "of: src").replace("data pt ", "data src "))
+    out = tmp_path / "runs"
+    code = main(["compare", str(first), str(second), "--seeds", "2", "--vary", "data.pt.seed+5", "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()                     # b.mpt's mistake found before a.mpt ran
+    assert err.startswith("--set data.pt.seed=5:1:6: error: ") and "Traceback" not in err
