@@ -170,4 +170,32 @@ def test_every_varied_key_is_checked_on_every_spec_before_the_first_run(tmp_path
                  "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()                     # b.mpt's mistake found before a.mpt ran
-    assert err.startswith("--set data.pt.seed=5:1:6: error: ") and "Traceback" not in err
+    assert err.startswith("--set data.pt.seed=5:1:1: error: no data 'pt' in the spec") and "Traceback" not in err
+
+
+# ---- the source line under an error: lines as the parser counts them ("\n" only) -------------------
+BREAKS = ["\x0c", "\x0b", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]  # str.splitlines splits at all
+# (and at a lone "\r", which reading a spec file turns into "\n", as the parser then sees it)
+
+
+@pytest.mark.parametrize("brk", BREAKS, ids=ascii)
+def test_a_line_break_of_str_splitlines_before_the_error_does_not_shift_the_shown_line(tmp_path, capsys, brk):
+    text = f'# a comment{brk}with a break\nspec tiny "a{brk}b"\n' + TINY.split("\n", 2)[2].replace("sigmoid(w)", "sigmoid(ww)")
+    spec = tmp_path / "tiny.mpt"
+    spec.write_text(text, encoding="utf-8", newline="")
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err.split("\n")
+    line = next(n for n, t in enumerate(text.split("\n"), 1) if "sigmoid(ww)" in t)
+    source = text.split("\n")[line - 1]
+    col = source.index("ww") + 1
+    assert err[:3] == [f"{spec}:{line}:{col}: error: unknown name 'ww'", f"{line} | {source}",
+                       f"{' ' * len(str(line))} | {' ' * (col - 1)}^^"]
+
+
+@pytest.mark.parametrize("brk", [*BREAKS, "\r", "\t"], ids=ascii)
+def test_render_shows_a_line_break_inside_the_error_line_as_one_space(brk):
+    assert _render(1, 5, 1, 7, f"a{brk}b ww\nnext").split("\n")[1:] == ["1 | a b ww", "  |     ^^"]
+
+
+def test_render_drops_the_carriage_return_of_a_crlf_line():
+    assert _render(2, 1, 2, 3, "a\r\nbc\r\nd").split("\n")[1:] == ["2 | bc", "  | ^^"]
