@@ -123,7 +123,8 @@ def _top_level(node) -> list[str]:
 
 def _read_module(name: str) -> _Module:
     source = inspect.getsource(importlib.import_module(name))
-    lines, tree = source.splitlines(), pyast.parse(source)
+    # lines as ast numbers them: "\n" (getsource's universal newlines), not splitlines' \x0c or U+2028 too
+    lines, tree = source.split("\n"), pyast.parse(source)
     defs, imports = {}, {}
     for order, node in enumerate(tree.body):
         if isinstance(node, pyast.ImportFrom) and (node.module or "").startswith("mptc."):

@@ -199,3 +199,12 @@ def test_render_shows_a_line_break_inside_the_error_line_as_one_space(brk):
 
 def test_render_drops_the_carriage_return_of_a_crlf_line():
     assert _render(2, 1, 2, 3, "a\r\nbc\r\nd").split("\n")[1:] == ["2 | bc", "  | ^^"]
+
+
+def test_fmt_shows_the_parser_line_after_a_form_feed(tmp_path, capsys):
+    spec = tmp_path / "ff.mpt"
+    spec.write_text('# page one\x0c page two\u2028\nspec s "a\x85b"\nlet a = 2 * * 3\n', encoding="utf-8")
+    assert main(["fmt", "--check", str(spec)]) == 2
+    err = capsys.readouterr().err.split("\n")
+    assert err[0].startswith(f"{spec}:3:13: error: syntax error: unexpected '*'")
+    assert err[1:3] == ["3 | let a = 2 * * 3", "  |             ^"]

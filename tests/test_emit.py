@@ -181,3 +181,13 @@ def test_every_shipped_spec_emits_a_compiling_script_or_a_subset_error(spec, cap
     assert code == 0, err
     compile(out, "standalone.py", "exec")
     assert not {"inf", "nan"} & {n.id for n in ast.walk(ast.parse(out)) if isinstance(n, ast.Name)}
+
+
+def test_copied_definitions_are_cut_at_the_lines_python_counts(tmp_path, monkeypatch):
+    """A form feed (an editor's page break) or U+2028 in a module must not shift the copied definitions."""
+    from mptc.emit import _read_module
+    (tmp_path / "ff_module.py").write_text('A = 1\n\x0c\n# a comment\u2028with a separator\nB = "x\x85y"\n\n\n'
+                                           'def f(v):\n    return v + A\n', encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    defs = _read_module("ff_module").defs
+    assert defs["f"][1] == "def f(v):\n    return v + A" and defs["B"][1] == 'B = "x\x85y"'
