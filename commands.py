@@ -157,7 +157,9 @@ the run directories, like Table 1 of Raghu et al. (2021).
 Seed S (0..N-1) sets every varied key to its value in the spec plus S: by default `train.seed` and the
 `seed` and `fold` arguments of every data declaration (so the data, the training and, with
 tasks.heldout, the held-out task group change together; datasets that share a seed keep sharing it).
-`--vary KEY[+K]` instead sets exactly the keys given, KEY to S+K. Run directories: OUT/<spec>/seed-S.
+`--vary KEY[+K]` instead sets exactly the keys given, KEY to S+K (K an integer, default 0). Every spec,
+with its varied keys at the first and the last seed, is checked before the first run starts. Run
+directories: OUT/<spec>/seed-S.
 
     mptc compare specs/paper/ppi_full_access.mpt specs/paper/ppi_partial_access.mpt --seeds 5
 """

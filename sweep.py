@@ -2,10 +2,10 @@
 
 Each `--set` gives a key (any `mptc run --set` key) and a comma list of values, where an item `A..B` is
 every integer from A to B inclusive; the runs are the cartesian product of the lists, the first `--set`
-varying slowest. Every combination is compiled before anything runs, so a bad value fails the sweep at
-once (rendered like any spec error, exit 2). The runs go one after another into DIR/NNN-key=value-...,
-and DIR/summary.json and DIR/summary.md list them sorted by the meta-objective: the final FT-validation
-loss of the run's metrics.jsonl (lower first).
+varying slowest; at most 10,000 runs, counted before any range is expanded. Every combination is compiled
+before anything runs, so a bad value fails the sweep at once (rendered like any spec error, exit 2). The
+runs go one after another into DIR/NNN-key=value-..., and DIR/summary.json and DIR/summary.md list them
+sorted by the meta-objective: the final FT-validation loss of the run's metrics.jsonl (lower first).
 
     mptc sweep specs/quickstart.mpt --set meta_optimizer.lr=0.1,1,10 --set train.seed=0..4 --out runs/lr
 """
