@@ -390,8 +390,8 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     datasets = []
     for d in plan.datasets:
         fn = emb.target(DATASETS.get(d.source.name).target)
-        args = ir.Component(d.source.name, {k: (_Ref(v) if k == "of" else v) for k, v in d.source.args.items()})
-        datasets.append({"name": d.name, "call": _component_call(args, fn), "splits": dict(d.splits),
+        source = ir.Component(d.source.name, {k: (_Ref(v) if k == "of" else v) for k, v in d.source.args.items()})
+        datasets.append({"name": d.name, "call": _component_call(source, fn), "splits": dict(d.splits),
                          "seed": d.source.args.get("seed", 0) or 0})
     if any(d["splits"] for d in datasets):
         emb.want("mptc.runtime.datasets", "split")
