@@ -27,9 +27,9 @@ def render(error: SpecError, sources: dict[str, str]) -> str:
     """`path:line:col: message`, the source line, carets under the span, a did-you-mean and a note."""
     s = error.span
     out = [f"{s.path}:{s.line}:{s.col}: error: {error.message}"]
-    lines = sources.get(s.path, "").splitlines()
+    lines = source_lines(sources.get(s.path, ""))
     if 1 <= s.line <= len(lines):
-        text = lines[s.line - 1].expandtabs(1)
+        text = "".join(ch if ch.isprintable() else " " for ch in lines[s.line - 1])  # a tab, \x0c: one column
         end = s.end_col if s.end_line == s.line else len(text) + 1
         width = max(1, min(end, len(text) + 1) - s.col)
         gutter = " " * len(str(s.line))
@@ -39,6 +39,16 @@ def render(error: SpecError, sources: dict[str, str]) -> str:
     if error.note:
         out.append(f"  = note: {error.note}")
     return "\n".join(out)
+
+
+def source_lines(text: str) -> list[str]:
+    r"""The lines of a spec as the parser numbers them: lark counts "\n" alone, where str.splitlines also
+    splits at \x0c, \x1c-\x1e, \x85, U+2028 and U+2029; a CRLF line's "\r" is not shown.
+
+    >>> source_lines("a\x0cb\r\nc\u2028d")
+    ['a\x0cb', 'c\u2028d']
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _sources(path: str, text: str) -> dict[str, str]:

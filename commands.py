@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -156,7 +157,9 @@ the run directories, like Table 1 of Raghu et al. (2021).
 Seed S (0..N-1) sets every varied key to its value in the spec plus S: by default `train.seed` and the
 `seed` and `fold` arguments of every data declaration (so the data, the training and, with
 tasks.heldout, the held-out task group change together; datasets that share a seed keep sharing it).
-`--vary KEY[+K]` instead sets exactly the keys given, KEY to S+K. Run directories: OUT/<spec>/seed-S.
+`--vary KEY[+K]` instead sets exactly the keys given, KEY to S+K (K an integer, default 0). Every spec,
+with its varied keys at the first and the last seed, is checked before the first run starts. Run
+directories: OUT/<spec>/seed-S.
 
     mptc compare specs/paper/ppi_full_access.mpt specs/paper/ppi_partial_access.mpt --seeds 5
 """
@@ -174,17 +177,32 @@ def default_vary(plan) -> list[str]:
     return out
 
 
+VARY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*(?:\+\s*(-?[0-9]{1,4000}))?\s*")
+
+
+def parse_vary(vary: list[str]) -> list[tuple[str, int]]:
+    """(key, K) of each `--vary KEY[+K]` item; raises RunError naming the form for one that is not.
+
+        >>> parse_vary(["train.seed", "data.ft.seed+100"])
+        [('train.seed', 0), ('data.ft.seed', 100)]
+    """
+    out = []
+    for item in vary:
+        m = VARY.fullmatch(item)  # K's digits bounded: int() refuses 4300 and more
+        if m is None:
+            raise RunError(f"--vary {item!r}: expected KEY or KEY+K with K an integer, "
+                           "e.g. --vary train.seed data.pt.seed+100")
+        out.append((m[1], int(m[2] or 0)))
+    return out
+
+
 def seed_overrides(vary: list[str], seed: int) -> list[str]:
     """`--set` strings for one seed: `key` -> `key=seed`, `key+k` -> `key=seed+k`.
 
         >>> seed_overrides(["train.seed", "data.ft.seed+100"], 2)
         ['train.seed=2', 'data.ft.seed=102']
     """
-    out = []
-    for item in vary:
-        key, _, offset = item.partition("+")
-        out.append(f"{key}={seed + int(offset or 0)}")
-    return out
+    return [f"{key}={seed + offset}" for key, offset in parse_vary(vary)]
 
 
 def _methods(evals: dict) -> dict:
@@ -305,11 +323,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     names = [Path(s).stem for s in args.specs]
     if len(set(names)) != len(names):
         raise RunError("compare: two specs share a file name; their run directories would collide")
+    if args.vary is not None:
+        parse_vary(args.vary)
     from mptc.cli import _read
     from mptc.compiler.lower import compile_spec
-    for spec in args.specs:  # every spec checked before the first run starts
+    for spec in args.specs:  # every spec, and every key its seeds vary, checked before the first run starts
         args.spec = spec
-        compile_spec(_read(spec), spec, args.set or [])
+        text, sets = _read(spec), args.set or []
+        base = compile_spec(text, spec, sets)
+        vary = default_vary(base) if args.vary is None else args.vary
+        for seed in sorted({0, args.seeds - 1}):
+            compile_spec(text, spec, [*sets, *seed_overrides(vary, seed)])
     start, cpu = time.perf_counter(), time.process_time()
     runs = {}
     for spec in args.specs:

@@ -23,6 +23,7 @@ import ast as pyast
 import importlib
 import inspect
 import keyword
+import math
 import re
 from pathlib import Path
 
@@ -42,6 +43,64 @@ SUPPORTED_SOLVERS = ("neumann", "cg", "identity")
 
 class EmitError(RunError):
     """A plan the Python emitter cannot render (a feature outside its supported subset)."""
+
+
+# ---- spec values as Python source: the only ways a spec's strings and numbers enter the script ----------
+class Code(str):
+    """Python source built here (spec values through `literal`, names through `_ident`): the only kind of
+    value the template may interpolate, so a spec string can never be pasted into the script as code."""
+
+
+def literal(value) -> str:
+    """Python source that evaluates to `value` (None, bool, int, float, str, and lists, tuples and dicts of
+    them): repr(), except the non-finite floats, which repr spells as the undefined names inf and nan.
+
+    >>> print(literal({"bounds": [-math.inf, 1.0], "name": 'say "hi"'}))
+    {'bounds': [float('-inf'), 1.0], 'name': 'say "hi"'}
+    """
+    if isinstance(value, _Ref):
+        return repr(value)
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return int.__repr__(value)  # not a subclass's repr (an enum's <A.b: 1>)
+    if isinstance(value, float):
+        return float.__repr__(value) if math.isfinite(value) else f"float('{value}')"
+    if isinstance(value, str):
+        return str.__repr__(value)
+    if isinstance(value, list):
+        return f"[{', '.join(map(literal, value))}]"
+    if isinstance(value, tuple):
+        return f"({literal(value[0])},)" if len(value) == 1 else f"({', '.join(map(literal, value))})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+    raise EmitError(f"emit python cannot write a {type(value).__name__} as a Python literal")
+
+
+def _ident(name: str) -> str:
+    """A spec name used as (part of) a Python name: the grammar's NAME, checked again here because it
+    becomes code."""
+    if not (isinstance(name, str) and name.isascii() and name.isidentifier()):
+        raise EmitError(f"emit python: {name!r} is not a name it can use in Python code")
+    return name
+
+
+def _in_docstring(text) -> str:
+    """`text` for the inside of the script's triple-quoted docstring, whose value is then `text` unchanged:
+    backslashes and double quotes escaped, so nothing in it can end the string, and unprintable characters
+    but the newline (NUL, CR, U+2028) written as escapes."""
+    return "".join(_docstring_char(ch) for ch in str(text))
+
+
+def _docstring_char(ch: str) -> str:
+    if ch in '\\"':
+        return "\\" + ch
+    return ch if ch == "\n" or ch.isprintable() else repr(ch)[1:-1]  # repr's escape: \x00, \r, \u2028
+
+
+def _comment(text) -> str:
+    """`text` for a `#` comment: line breaks and other unprintable characters become spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))
 
 
 # ---- copying runtime definitions -----------------------------------------------------------------
@@ -64,7 +123,8 @@ def _top_level(node) -> list[str]:
 
 def _read_module(name: str) -> _Module:
     source = inspect.getsource(importlib.import_module(name))
-    lines, tree = source.splitlines(), pyast.parse(source)
+    # lines as ast numbers them: "\n" (getsource's universal newlines), not splitlines' \x0c or U+2028 too
+    lines, tree = source.split("\n"), pyast.parse(source)
     defs, imports = {}, {}
     for order, node in enumerate(tree.body):
         if isinstance(node, pyast.ImportFrom) and (node.module or "").startswith("mptc."):
@@ -160,18 +220,21 @@ def _function(name: str, fns: dict) -> str:
     if name not in fns:
         if inspect.isfunction(obj) and obj.__module__.startswith("mptc."):
             src = inspect.getsource(obj)
-            fns[name] = re.sub(rf"^def {obj.__name__}\(", f"def fn_{name}(", src, count=1, flags=re.M).rstrip()
+            fns[name] = re.sub(rf"^def {obj.__name__}\(", f"def fn_{_ident(name)}(", src, count=1, flags=re.M).rstrip()
         else:
             home = next((h for h in _TORCH_HOMES if getattr(importlib.import_module(h), obj.__name__, None) is obj),
                         None)
             if home is None:
                 raise EmitError(f"emit python: cannot name the torch function behind '{name}'")
-            fns[name] = f"fn_{name} = {home}.{obj.__name__}"
-    return f"fn_{name}"
+            fns[name] = f"fn_{_ident(name)} = {home}.{obj.__name__}"
+    return f"fn_{_ident(name)}"
 
 
 class _Expr:
-    """IR expressions as Python source over (params, metas, x, y); binary operations fully parenthesised."""
+    """IR expressions as Python source over (params, metas, x, y); binary operations fully parenthesised.
+    Numbers and names of the spec enter as literals (`literal`), names of Python functions via `_ident`."""
+
+    OPS = ("+", "-", "*", "/", "**")
 
     def __init__(self, fns: dict):
         self.fns = fns
@@ -184,25 +247,29 @@ class _Expr:
 
     def _Const(self, e):
         if isinstance(e.value, list):
-            return f"torch.tensor({e.value!r}, device=DEVICE, dtype=DTYPE)"
-        return repr(e.value)
+            return f"torch.tensor({literal(e.value)}, device=DEVICE, dtype=DTYPE)"
+        return literal(e.value)
 
     def _Input(self, e):
+        if e.name not in ("x", "y"):
+            raise EmitError(f"emit python: unknown input {e.name!r}")
         return e.name
 
     def _MetaRef(self, e):
-        return f"metas[{e.name!r}]"
+        return f"metas[{literal(e.name)}]"
 
     def _LetRef(self, e):
-        return f"let_{e.name}(params, metas, x, y)"
+        return f"let_{_ident(e.name)}(params, metas, x, y)"
 
     def _Apply(self, e):
-        return f"apply({e.module!r}, params, {_top(self(e.arg))})"
+        return f"apply({literal(e.module)}, params, {_top(self(e.arg))})"
 
     def _Fn(self, e):
         return f"{_function(e.name, self.fns)}({', '.join(_top(self(a)) for a in e.args)})"
 
     def _Bin(self, e):
+        if e.op not in self.OPS:
+            raise EmitError(f"emit python: unknown operator {e.op!r}")
         return f"({self(e.left)} {e.op} {self(e.right)})"
 
     def _Neg(self, e):
@@ -276,17 +343,34 @@ def _auto_scale(args: dict) -> dict | None:
 def _environment():
     import jinja2
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters["py"] = repr  # values written as Python literals
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+                             finalize=_only_code)
+    env.filters["py"] = lambda v: Code(literal(v))  # values written as Python literals
+    env.filters["doc"] = lambda v: Code(_in_docstring(v))  # text inside the docstring
+    env.filters["comment"] = lambda v: Code(_comment(v))  # text after a `#`
+    env.filters["ident"] = lambda v: Code(_ident(v))  # a name inside a Python name (`let_NAME`)
     return env
 
 
-def _component_call(comp: ir.Component, name: str, extra: str = "") -> str:
+def _only_code(value):
+    """Every `{{ ... }}` of the template goes through a filter above or is Code built here: a raw value
+    (a spec's string or number) is refused instead of being pasted into the script as source."""
+    if not isinstance(value, Code):
+        raise EmitError(f"emit python: the template writes a raw {type(value).__name__} "
+                        "(pass it through `py`, `doc`, `comment` or `ident`)")
+    return value
+
+
+def _plain_kwarg(k: str) -> bool:
+    return k.isascii() and k.isidentifier() and not keyword.iskeyword(k)
+
+
+def _component_call(comp: ir.Component, name: str, extra: str = "") -> Code:
     """`name(k=v, ...)`; a parameter named by a Python keyword (mlp's `in`) goes through `**{...}`."""
-    plain = [f"{k}={v!r}" for k, v in comp.args.items() if k.isidentifier() and not keyword.iskeyword(k)]
-    other = {k: v for k, v in comp.args.items() if not k.isidentifier() or keyword.iskeyword(k)}
-    args = plain + ([f"**{other!r}"] if other else []) + ([extra] if extra else [])
-    return f"{name}({', '.join(args)})"
+    plain = [f"{k}={literal(v)}" for k, v in comp.args.items() if _plain_kwarg(k)]
+    other = {k: v for k, v in comp.args.items() if not _plain_kwarg(k)}
+    args = plain + ([f"**{literal(other)}"] if other else []) + ([extra] if extra else [])
+    return Code(f"{_ident(name)}({', '.join(args)})")
 
 
 def _applied(e) -> list[str]:
@@ -306,16 +390,16 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     datasets = []
     for d in plan.datasets:
         fn = emb.target(DATASETS.get(d.source.name).target)
-        args = {k: (_Ref(v) if k == "of" else v) for k, v in d.source.args.items()}
-        datasets.append({"name": d.name, "call": f"{fn}({', '.join(f'{k}={v!r}' for k, v in args.items())})",
-                         "splits": dict(d.splits), "seed": d.source.args.get("seed", 0) or 0})
+        source = ir.Component(d.source.name, {k: (_Ref(v) if k == "of" else v) for k, v in d.source.args.items()})
+        datasets.append({"name": d.name, "call": _component_call(source, fn), "splits": dict(d.splits),
+                         "seed": d.source.args.get("seed", 0) or 0})
     if any(d["splits"] for d in datasets):
         emb.want("mptc.runtime.datasets", "split")
     modules = []
     for m in plan.modules:
         registry = MODELS if m.role == "model" else HEADS
         fn = emb.target(registry.get(m.component.name).target)
-        modules.append({"name": m.name, "build": _component_call(m.component, fn, f"in_dim={m.in_dim!r}")})
+        modules.append({"name": m.name, "build": _component_call(m.component, fn, f"in_dim={literal(m.in_dim)}")})
     optimizers = {}
     for key, comp in (("pretrain", plan.pretrain.optimizer), ("finetune", plan.finetune.optimizer),
                       ("meta", plan.meta_optimizer)):
@@ -327,16 +411,17 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     auto_scale = _auto_scale(est_args)
     if auto_scale:
         emb.want("mptc.runtime.hvp", "power_iteration")
-    lets = [{"name": let.name, "code": _top(expr(let.expr)), "meta_only": let.meta_only} for let in plan.lets]
-    losses = {"pretrain": _top(expr(plan.pretrain.loss)), "finetune": _top(expr(plan.finetune.loss)),
-              "objective": _top(expr(plan.objective.expr))}
+    lets = [{"name": let.name, "code": Code(_top(expr(let.expr))), "meta_only": let.meta_only} for let in plan.lets]
+    losses = {"pretrain": Code(_top(expr(plan.pretrain.loss))), "finetune": Code(_top(expr(plan.finetune.loss))),
+              "objective": Code(_top(expr(plan.objective.expr)))}
     return _environment().get_template("standalone.py.j2").render(
-        plan=plan, spec_path=spec_path, blocks=emb.render(), functions=list(fns.values()), datasets=datasets,
-        modules=modules, optimizers=optimizers, solver=f"{solver_fn}", solver_args=solver_args,
+        plan=plan, spec_path=spec_path, blocks=[(m, Code(code)) for m, code in emb.render()],
+        functions=Code("\n\n\n".join(fns.values())), datasets=datasets, modules=modules, optimizers=optimizers,
+        solver=Code(_ident(solver_fn)), solver_args=solver_args,
         hessian=est_args.get("hessian", "all"), hvp=est_args.get("hvp", "reverse-over-reverse"),
         hessian_batch=est_args.get("hessian_batch"), auto_scale=auto_scale, lets=lets, losses=losses, encoder=_encoder(plan),
-        metas=[{"name": m.name, "shape": "()" if m.kind == "scalar" else f"({m.size},)", "init": m.init,
-                "bounds": m.bounds} for m in plan.metas],
+        metas=[{"name": m.name, "shape": Code(literal(() if m.kind == "scalar" else (m.size,))), "init": m.init}
+               for m in plan.metas], bounds={m.name: list(m.bounds) for m in plan.metas if m.bounds},
         refs={"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data},
     )
 
@@ -351,7 +436,7 @@ class _Ref(str):
     """A dataset argument naming another dataset: written as the variable, not as a string."""
 
     def __repr__(self) -> str:
-        return f"sets[{str(self)!r}]"
+        return f"sets[{literal(str(self))}]"
 
 
 def cmd_emit(args, plan: ir.Plan) -> int:

@@ -2,10 +2,10 @@
 
 Each `--set` gives a key (any `mptc run --set` key) and a comma list of values, where an item `A..B` is
 every integer from A to B inclusive; the runs are the cartesian product of the lists, the first `--set`
-varying slowest. Every combination is compiled before anything runs, so a bad value fails the sweep at
-once (rendered like any spec error, exit 2). The runs go one after another into DIR/NNN-key=value-...,
-and DIR/summary.json and DIR/summary.md list them sorted by the meta-objective: the final FT-validation
-loss of the run's metrics.jsonl (lower first).
+varying slowest; at most 10,000 runs, counted before any range is expanded. Every combination is compiled
+before anything runs, so a bad value fails the sweep at once (rendered like any spec error, exit 2). The
+runs go one after another into DIR/NNN-key=value-..., and DIR/summary.json and DIR/summary.md list them
+sorted by the meta-objective: the final FT-validation loss of the run's metrics.jsonl (lower first).
 
     mptc sweep specs/quickstart.mpt --set meta_optimizer.lr=0.1,1,10 --set train.seed=0..4 --out runs/lr
 """
@@ -23,6 +23,7 @@ from mptc.errors import BadArgument, RunError, Span, SpecError, SpecErrors
 
 RANGE = re.compile(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*")
 MAX_RUNS = 10_000  # a typo such as 0..100000 should fail before compiling a hundred thousand plans
+MAX_DIGITS = 4000  # a range bound's digits: below the 4300 that int() accepts
 
 
 def add_sweep(sub) -> None:
@@ -72,37 +73,57 @@ def values_of(item: str, errors: list) -> tuple[str, list[str]]:
     >>> values_of("train.seed=0..2,7", [])
     ('train.seed', ['0', '1', '2', '7'])
     """
+    key, parts = _parts(item, errors)
+    return key, _expand(parts)
+
+
+def _parts(item: str, errors: list) -> tuple[str, list]:
+    """(key, parts) of one `KEY=VALUES` item, each part a value or an unexpanded range(A, B + 1)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip() or not text.strip():
         errors.append(_error(item, 0, len(item), "--set takes KEY=VALUES, e.g. --set train.seed=0..4"))
         return key, []
-    values, at = [], len(key) + 1
+    parts, at = [], len(key) + 1
     for part in split_values(text):
         m = RANGE.fullmatch(part)
         if not part.strip():
             errors.append(_error(item, at, at + 1, "empty value in the list (a stray comma?)"))
+        elif m and max(len(m[1]), len(m[2])) > MAX_DIGITS:  # int() refuses 4300 digits and more
+            errors.append(_error(item, at, at + len(part), f"range bound too long (more than {MAX_DIGITS} digits)"))
         elif m and int(m[1]) > int(m[2]):
             errors.append(_error(item, at, at + len(part), f"empty range {part.strip()}: A..B needs A <= B"))
         else:
-            values += [str(v) for v in range(int(m[1]), int(m[2]) + 1)] if m else [part.strip()]
+            parts.append(range(int(m[1]), int(m[2]) + 1) if m else part.strip())
         at += len(part) + 1
-    return key.strip(), values
+    return key.strip(), parts
+
+
+def _count(parts: list) -> int:
+    """How many values the parts give, by arithmetic (len() of a range over sys.maxsize overflows)."""
+    return sum(p.stop - p.start if isinstance(p, range) else 1 for p in parts)
+
+
+def _expand(parts: list) -> list[str]:
+    return [v for p in parts for v in (map(str, p) if isinstance(p, range) else [p])]
 
 
 def combinations(items: list[str]) -> list[list[str]]:
-    """Every combination as a list of `KEY=VALUE` overrides, the first item varying slowest.
+    """Every combination as a list of `KEY=VALUE` overrides, the first item varying slowest. The number of
+    combinations is counted before any list is expanded, so a typo such as 0..999999999 fails at once.
 
     >>> combinations(["a.b=1,2", "c.d=0..1"])
     [['a.b=1', 'c.d=0'], ['a.b=1', 'c.d=1'], ['a.b=2', 'c.d=0'], ['a.b=2', 'c.d=1']]
     """
     errors: list = []
-    lists = [values_of(item, errors) for item in items]
+    lists = [_parts(item, errors) for item in items]
     if errors:
         raise SpecErrors(errors, "")
-    count = math.prod(len(v) for _, v in lists)
-    if count > MAX_RUNS:
-        raise RunError(f"the sweep has {count} runs, more than the {MAX_RUNS} supported")
-    return [[f"{k}={v}" for (k, _), v in zip(lists, combo)] for combo in itertools.product(*(v for _, v in lists))]
+    counts = [_count(parts) for _, parts in lists]
+    if math.prod(counts) > MAX_RUNS:
+        sizes = ", ".join(f"{key}: {n} values" for (key, _), n in zip(lists, counts))
+        raise RunError(f"the sweep has {math.prod(counts)} runs ({sizes}), more than the {MAX_RUNS} supported")
+    values = [(key, _expand(parts)) for key, parts in lists]
+    return [[f"{k}={v}" for (k, _), v in zip(values, combo)] for combo in itertools.product(*(v for _, v in values))]
 
 
 def validate(text: str, path: str, combos: list[list[str]]) -> list:

@@ -123,3 +123,88 @@ def test_render_multiline_span_underlines_to_the_end_of_its_first_line():
 def test_render_at_end_of_line_and_outside_the_file():
     assert _render(1, 4, 1, 5, "abc").splitlines()[2] == "  |    ^"
     assert _render(9, 1, 9, 2, "abc") == "f.mpt:9:1: error: oops"  # no such line: the header alone
+
+
+# ---- mptc compare --vary -------------------------------------------------------------------------
+TINY = """
+spec tiny "a tiny run"
+data pt = synthetic.multitask(examples: 128, dim: 8, tasks: 6, related: 2, adversarial: 1, seed: 0)
+data ft = synthetic.multitask_ft(of: pt, examples: 120, tasks: 2, seed: 1) split train 0.4, val 0.3, test 0.3
+model encoder = mlp(hidden: [8, 4])
+head pt_head = linear(out: 6)
+head ft_head = linear(out: 2)
+meta w: vector[6] = 0.0
+pretrain { data pt batch 16  loss mean(2 * sigmoid(w) * bce(pt_head(encoder(x)), y))  steps 2 }
+finetune { data ft.train batch 16  loss mean(bce(ft_head(encoder(x)), y))  unroll 1 }
+meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
+train meta_steps 1 warmup 0 seed 0 device cpu log_every 1
+evaluate finetune(epochs: 1, seeds: 1) against pretrain
+"""
+
+
+@pytest.mark.parametrize("vary", ["train.seed+abc", "train.seed+", "+3", "", "train.seed+1.5", "train.seed+1+2",
+                                  "train.seed=3", "train seed", "train.seed+" + "9" * 5000])
+def test_a_malformed_vary_is_a_named_error(tmp_path, capsys, vary):
+    spec = tmp_path / "tiny.mpt"
+    spec.write_text(TINY)
+    out = tmp_path / "runs"
+    code = main(["compare", str(spec), "--seeds", "1", "--vary", "train.seed", vary, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err == (f"mptc: error: --vary {vary!r}: expected KEY or KEY+K with K an integer, "
+                   "e.g. --vary train.seed data.pt.seed+100\n")
+
+
+def test_vary_without_keys_is_argparse_misuse(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compare", "specs/quickstart.mpt", "--vary"])
+    assert info.value.code == 2 and "expected at least one argument" in capsys.readouterr().err
+
+
+def test_every_varied_key_is_checked_on_every_spec_before_the_first_run(tmp_path, capsys):
+    first, second = tmp_path / "a.mpt", tmp_path / "b.mpt"
+    first.write_text(TINY)
+    second.write_text(TINY.replace("data pt =", "data src =").replace("of: pt", "of: src").replace("data pt ", "data src "))
+    out = tmp_path / "runs"
+    code = main(["compare", str(first), str(second), "--seeds", "2", "--vary", "data.pt.seed+5", "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()                     # b.mpt's mistake found before a.mpt ran
+    assert err.startswith("--set data.pt.seed=5:1:1: error: no data 'pt' in the spec") and "Traceback" not in err
+
+
+# ---- the source line under an error: lines as the parser counts them ("\n" only) -------------------
+BREAKS = ["\x0c", "\x0b", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]  # str.splitlines splits at all
+# (and at a lone "\r", which reading a spec file turns into "\n", as the parser then sees it)
+
+
+@pytest.mark.parametrize("brk", BREAKS, ids=ascii)
+def test_a_line_break_of_str_splitlines_before_the_error_does_not_shift_the_shown_line(tmp_path, capsys, brk):
+    text = f'# a comment{brk}with a break\nspec tiny "a{brk}b"\n' + TINY.split("\n", 2)[2].replace("sigmoid(w)", "sigmoid(ww)")
+    spec = tmp_path / "tiny.mpt"
+    spec.write_text(text, encoding="utf-8", newline="")
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err.split("\n")
+    line = next(n for n, t in enumerate(text.split("\n"), 1) if "sigmoid(ww)" in t)
+    source = text.split("\n")[line - 1]
+    col = source.index("ww") + 1
+    assert err[:3] == [f"{spec}:{line}:{col}: error: unknown name 'ww'", f"{line} | {source}",
+                       f"{' ' * len(str(line))} | {' ' * (col - 1)}^^"]
+
+
+@pytest.mark.parametrize("brk", [*BREAKS, "\r", "\t"], ids=ascii)
+def test_render_shows_a_line_break_inside_the_error_line_as_one_space(brk):
+    assert _render(1, 5, 1, 7, f"a{brk}b ww\nnext").split("\n")[1:] == ["1 | a b ww", "  |     ^^"]
+
+
+def test_render_drops_the_carriage_return_of_a_crlf_line():
+    assert _render(2, 1, 2, 3, "a\r\nbc\r\nd").split("\n")[1:] == ["2 | bc", "  | ^^"]
+
+
+def test_fmt_shows_the_parser_line_after_a_form_feed(tmp_path, capsys):
+    spec = tmp_path / "ff.mpt"
+    spec.write_text('# page one\x0c page two\u2028\nspec s "a\x85b"\nlet a = 2 * * 3\n', encoding="utf-8")
+    assert main(["fmt", "--check", str(spec)]) == 2
+    err = capsys.readouterr().err.split("\n")
+    assert err[0].startswith(f"{spec}:3:13: error: syntax error: unexpected '*'")
+    assert err[1:3] == ["3 | let a = 2 * * 3", "  |             ^"]

@@ -102,3 +102,23 @@ def test_an_existing_sweep_folder_is_refused(spec, tmp_path, capsys):
     (tmp_path / "s" / "keep").write_text("")
     assert main(["sweep", str(spec), "--set", "train.seed=0", "--out", str(tmp_path / "s")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sets, runs", [
+    (["train.seed=0..999999999999"], "1000000000000 runs"),
+    (["train.seed=0..999999", "meta_optimizer.lr=1..1000000"], "1000000000000 runs"),
+    (["train.seed=0..9999,10000"], "10001 runs"),
+])
+def test_a_sweep_over_the_limit_is_refused_before_anything_is_expanded(spec, tmp_path, capsys, sets, runs):
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(["sweep", str(spec), *args, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mptc: error: the sweep has {runs}") and "more than the 10000 supported" in err
+    assert err.count("\n") == 1 and not (tmp_path / "s").exists()
+
+
+def test_a_range_bound_too_long_for_int_is_a_spec_error(spec, tmp_path, capsys):
+    item = "train.seed=0.." + "9" * 5000
+    assert main(["sweep", str(spec), "--set", item, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert f"--set {item}:1:12: error: range bound too long" in err and "Traceback" not in err
