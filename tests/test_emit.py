@@ -140,10 +140,22 @@ def test_odd_spec_paths_give_a_script_that_compiles(tmp_path, capsys):
 
 
 def test_infinite_numbers_are_written_as_float_calls(tmp_path):
-    text = QUICK.replace("meta w: vector[100] = 0.0", "meta w: vector[100] = 0.0 in [-1e999, 1e999]")
-    text = text.replace("neumann(terms: 5, scale: auto)", "neumann(terms: 5, scale: 1e999)")
-    text = text.replace("let task_weight = 2 * sigmoid(w)", "let task_weight = 2 * sigmoid(w) * (1e999 / 1e999 + 1)")
-    script = _emit(text)
+    """A literal that overflows (1e999) is a check error now, but a plan built otherwise (the Python API,
+    a plan edited in code) can hold inf: it is written as float('inf'), never a bare `inf` name."""
+    import attrs
+    from mptc.compiler import ir
+    from mptc.compiler.lower import compile_spec
+    from mptc.emit import emit_python
+    plan = compile_spec(QUICK, "q.mpt")
+    inf = float("inf")
+    est = plan.estimators[0]
+    solver = attrs.evolve(est.method.args["solver"], args={"terms": 5, "scale": inf})
+    plan = attrs.evolve(plan, metas=(attrs.evolve(plan.metas[0], bounds=(-inf, inf)),),
+                        estimators=(attrs.evolve(est, method=attrs.evolve(est.method, args={**est.method.args,
+                                                                                         "solver": solver})),
+                                    *plan.estimators[1:]),
+                        lets=(attrs.evolve(plan.lets[0], expr=ir.Bin("*", plan.lets[0].expr, ir.Const(inf))),))
+    script = emit_python(plan, "q.mpt")
     tree = ast.parse(script)
     assert not {"inf", "nan"} & {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}   # no NameError at run time
     assert "BOUNDS = {'w': [float('-inf'), float('inf')]}" in script
