@@ -397,9 +397,10 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
         emb.want("mptc.runtime.datasets", "split")
     modules = []
     for m in plan.modules:
-        registry = MODELS if m.role == "model" else HEADS
-        fn = emb.target(registry.get(m.component.name).target)
-        modules.append({"name": m.name, "build": _component_call(m.component, fn, f"in_dim={literal(m.in_dim)}")})
+        comp = (MODELS if m.role == "model" else HEADS).get(m.component.name)
+        fn = emb.target(comp.target)
+        args = ir.Component(m.component.name, comp.runtime_args(m.component.args))
+        modules.append({"name": m.name, "build": _component_call(args, fn, f"in_dim={literal(m.in_dim)}")})
     optimizers = {}
     for key, comp in (("pretrain", plan.pretrain.optimizer), ("finetune", plan.finetune.optimizer),
                       ("meta", plan.meta_optimizer)):

@@ -28,13 +28,14 @@ def _dense(out_key):
 _ACTS = ("relu", "tanh", "gelu", "sigmoid", "identity")
 MODELS.register("mlp", [
     Param("hidden", "ints", min=1, doc="widths of the hidden layers; the last is the feature size"),
-    Param("in", "int", None, min=1, doc="input features (inferred from the data when left out)"),
+    Param("in", "int", None, min=1, compile_only=True,
+          doc="input features, checked against the data (inferred from it when left out)"),
     Param("activation", "choice", "relu", choices=_ACTS),
     Param("dropout", "float", 0.0, min=0, max=1),
     Param("last_activation", "bool", True, doc="apply the activation after the last layer too"),
 ], target="mptc.runtime.models:mlp", doc="A multi-layer perceptron, activation after every hidden layer.",
     shape=_dense(lambda a: a["hidden"][-1]))
-MODELS.register("linear", [Param("out", "int", min=1), Param("in", "int", None, min=1),
+MODELS.register("linear", [Param("out", "int", min=1), Param("in", "int", None, min=1, compile_only=True),
                            Param("bias", "bool", True)],
                 target="mptc.runtime.models:linear", doc="One linear map.", shape=_dense(lambda a: a["out"]))
 
@@ -92,7 +93,8 @@ MODELS.register("gin", [
     Param("jk", "choice", "last", choices=JK_MODES, doc="jumping knowledge over the layers"),
     Param("pool", "choice", "mean_center", choices=POOLS, doc="mean_center: mean pool ++ centre node"),
     Param("dropout", "float", 0.2, min=0, max=1), Param("norm", "choice", "batch", choices=("batch", "none")),
-    Param("in", "int", None, min=1, doc="node features (inferred from the data when left out)"),
+    Param("in", "int", None, min=1, compile_only=True,
+          doc="node features, checked against the data (inferred from it when left out)"),
     Param("edge_dim", "int", None, min=0, doc="edge features (inferred from the data when left out)"),
 ], target="mptc.runtime.graphs:gin", shape=_gin_shape,
     doc="The pretrain-gnns GIN (Hu et al. 2020) with edge features; graph readout, 2*hidden for mean_center.")

@@ -85,7 +85,7 @@ ROTATE = Augmentation(_per_row_normal, _rotate)
 
 
 # ---- Gaussian jitter --------------------------------------------------------------------------------
-def _jitter(x, eps, std=0.0):
+def _jitter(x, eps, std):
     """x + std * eps, eps ~ N(0, I) of x's shape."""
     return x + per_example(std, x) * eps
 
@@ -119,7 +119,7 @@ def _knots(shape, gen, knots=8, **_):
     return torch.randn(shape[0], int(knots), generator=gen)
 
 
-def _warp(x, eps, strength=0.0, knots=8):
+def _warp(x, eps, strength, knots=8):
     """Resample x[..., t] at t + strength * d(t): d is the random field eps [B, knots] (N(0, 1) at evenly
     spaced knots, linearly interpolated, so smooth), in units of the signal's length; linear resampling
     with the border value outside. Differentiable in x and in `strength` (one number or one per example)."""

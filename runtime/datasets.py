@@ -175,7 +175,7 @@ def _check(examples: int, dim: int, tasks: int, related: int, adversarial: int, 
 
 
 def synthetic_multitask(*, examples: int, dim: int, tasks: int, related: int, adversarial: int = 0,
-                        factors: int = 6, related_factors: int = 3, noise: float = 0.1,
+                        factors: int = 8, related_factors: int = 3, noise: float = 0.1,
                         prototypes: int = 5, spread: float = 0.5, seed: int = 0) -> Dataset:
     """The PT dataset (split ``"all"``) with planted task relevance; see the module docstring.
 
@@ -226,7 +226,7 @@ def latents(ds: Dataset) -> Tensor:
 
         >>> ds = synthetic_multitask(examples=10, dim=8, tasks=4, related=2)
         >>> latents(ds).shape
-        torch.Size([10, 6])
+        torch.Size([10, 8])
     """
     info = ds.info
     gen = _rng(info["seed"], info["stream"])

@@ -283,16 +283,15 @@ class GIN(nn.Module):
 
 
 def gin(layers: int = 5, hidden: int = 300, jk: str = "last", pool: str = "mean_center", dropout: float = 0.2,
-        norm: str = "batch", in_dim=None, edge_dim: int | None = None, **kw) -> GIN:
+        norm: str = "batch", in_dim=None, edge_dim: int | None = None) -> GIN:
     """The GIN encoder. ``in_dim`` is the node feature size, or the ``GraphFeatures`` the compiler
-    infers from graph data (which also gives ``edge_dim``); ``in`` is the spec's name for it.
+    infers from graph data (which also gives ``edge_dim``); the spec's ``in`` is checked against it.
 
         >>> gin(layers=2, hidden=4, in_dim=GraphFeatures(1, 9)).convs[0].edge_encoder.in_features
         10
     """
     if isinstance(in_dim, GraphFeatures):
         in_dim, edge_dim = in_dim.nodes, in_dim.edges if edge_dim is None else edge_dim
-    in_dim = in_dim if isinstance(in_dim, int) else kw.get("in")
     if in_dim is None:
         raise ValueError("gin needs its node feature size: apply it to graph data or give in: N")
     return GIN(in_dim, edge_dim or 0, layers, hidden, jk, pool, dropout, norm)

@@ -23,18 +23,18 @@ def _layers(sizes, activation: str, dropout: float, last_activation: bool):
     return nn.Sequential(*layers)
 
 
-def mlp(hidden, in_dim: int, activation: str = "relu", dropout: float = 0.0, last_activation: bool = True,
-        **_) -> nn.Module:
+def mlp(hidden, in_dim: int, activation: str = "relu", dropout: float = 0.0,
+        last_activation: bool = True) -> nn.Module:
     """An MLP; the last layer's output is the feature vector, activated unless ``last_activation`` is off."""
     return _layers([in_dim, *hidden], activation, dropout, last_activation)
 
 
-def mlp_head(hidden, out: int, in_dim: int, activation: str = "relu", **_) -> nn.Module:
+def mlp_head(hidden, out: int, in_dim: int, activation: str = "relu") -> nn.Module:
     """An MLP head: hidden layers with activations, then a linear output."""
     return _layers([in_dim, *hidden, out], activation, 0.0, last_activation=False)
 
 
-def linear(out: int, in_dim: int, bias: bool = True, **_) -> nn.Module:
+def linear(out: int, in_dim: int, bias: bool = True) -> nn.Module:
     """One linear map."""
     return nn.Linear(in_dim, out, bias=bias)
 
@@ -82,7 +82,7 @@ def _cnn(conv, in_dim, channels, kernel, stride, pool, activation, norm, out=Non
 
 
 def cnn2d(in_dim, channels=(16, 32, 32, 32), kernel: int = 3, stride: int = 1, pool: str = "avg",
-          activation: str = "relu", norm: str = "none", out: int | None = None, **_) -> nn.Module:
+          activation: str = "relu", norm: str = "none", out: int | None = None) -> nn.Module:
     """Conv2d layers (padding kernel // 2) each followed by the activation, then `pool` (avg, max or
     flatten). `in_dim` is the per-example shape (channels, height, width), or the channels alone.
 
@@ -93,7 +93,7 @@ def cnn2d(in_dim, channels=(16, 32, 32, 32), kernel: int = 3, stride: int = 1, p
 
 
 def cnn1d(in_dim, channels=(32, 32, 32, 32), kernel: int = 7, stride: int = 2, pool: str = "avg",
-          activation: str = "relu", norm: str = "none", out: int | None = None, **_) -> nn.Module:
+          activation: str = "relu", norm: str = "none", out: int | None = None) -> nn.Module:
     """Conv1d layers over time (e.g. 12 ECG leads as channels), then `pool` (avg, max or flatten), then
     a linear map to `out` features when given (e.g. `out: 1`, one number per example).
 

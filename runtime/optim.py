@@ -46,8 +46,7 @@ def _lr_at(lr: float, t: int, halflife: float | None) -> float:
     return lr if not halflife else lr * 0.5 ** ((t - 1) / halflife)
 
 
-def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, halflife: float | None = None,
-        **_) -> Optimizer:
+def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, halflife: float | None = None) -> Optimizer:
     """p <- p - lr_t * b, with b <- momentum * b + g (b = g without momentum); lr_t = lr, halved every
     `halflife` steps when given."""
     def init(params):
@@ -75,7 +74,7 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, halflife: f
 
 
 def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-         weight_decay: float = 0.0, halflife: float | None = None, **_) -> Optimizer:
+         weight_decay: float = 0.0, halflife: float | None = None) -> Optimizer:
     """Adam with bias correction (Kingma & Ba), weight decay added to the gradient; the learning rate
     halved every `halflife` steps when given."""
     def init(params):

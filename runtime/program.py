@@ -216,7 +216,8 @@ class NoiseMemo:
 
 
 def _build_network(m: ir.MetaParam) -> torch.nn.Module:
-    return MODELS.get(m.network.name).load()(**m.network.args, in_dim=m.in_dim)
+    comp = MODELS.get(m.network.name)
+    return comp.load()(**comp.runtime_args(m.network.args), in_dim=m.in_dim)
 
 
 def _leaves(modules: dict) -> dict[str, torch.Tensor]:
@@ -226,8 +227,8 @@ def _leaves(modules: dict) -> dict[str, torch.Tensor]:
 
 
 def _build_module(m: ir.Module) -> torch.nn.Module:
-    registry = MODELS if m.role == "model" else HEADS
-    return registry.get(m.component.name).load()(**m.component.args, in_dim=m.in_dim)
+    comp = (MODELS if m.role == "model" else HEADS).get(m.component.name)
+    return comp.load()(**comp.runtime_args(m.component.args), in_dim=m.in_dim)
 
 
 def pick_device(name: str) -> torch.device:

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from mptc.runtime.datasets import Dataset, latents, split, synthetic_multitask, synthetic_multitask_ft
 
-SIZES = dict(examples=2000, dim=32, tasks=40, related=8, adversarial=4)
+SIZES = dict(examples=2000, dim=32, tasks=40, related=8, adversarial=4, factors=6)
 
 
 @pytest.fixture(scope="module")

@@ -334,7 +334,9 @@ def test_catalog_gin_on_graph_data():
     modules = {m.name: m for m in plan.modules}
     assert modules["encoder"].in_dim == GraphFeatures(3, 2)
     assert modules["pt_head"].in_dim == 2 * 3 * 8  # concat of input + 2 layers, mean ++ centre
-    enc = G.gin(**modules["encoder"].component.args, in_dim=modules["encoder"].in_dim)
+    from mptc.components.registry import MODELS
+    args = MODELS.get("gin").runtime_args(modules["encoder"].component.args)   # `in` is the checker's
+    enc = G.gin(**args, in_dim=modules["encoder"].in_dim)
     g = G.synthetic_graphs(**plan.datasets[0].source.args).splits["all"][0]
     assert enc(g[:3]).shape == (3, 48)
 
