@@ -332,7 +332,7 @@ def _logged(runs: list[Run], key: str) -> bool:
 def _plot_curves(axes, runs: list[Run], specs: list[tuple[str, str, bool]]) -> None:
     """One panel per (column, title, log scale), each run's line in its colour; log scale only where the
     values are positive and span more than a decade (a narrow range reads badly in powers of ten)."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, NullFormatter
     for ax, (key, title, log) in zip(axes, specs):
         for i, run in enumerate(runs):
             x, y = _series(run, key)
@@ -341,6 +341,8 @@ def _plot_curves(axes, runs: list[Run], specs: list[tuple[str, str, bool]]) -> N
         values = [v for r in runs for v in _series(r, key)[1] if not math.isnan(v)]
         if log and values and min(values) > 0 and max(values) > 10 * min(values):
             ax.set_yscale("log")
+            if max(values) >= 100 * min(values):        # two decades or more: the powers of ten suffice
+                ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("trial" if not any(_series(r, "meta_step")[0] for r in runs) else "meta-step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
