@@ -2,11 +2,12 @@
 
     mptc check SPEC                      parse and check (never imports torch)
     mptc compile SPEC --emit ir          the IR plan as JSON
-    mptc run SPEC [--out DIR] [--set key=value ...]
+    mptc run SPEC [--out DIR] [--set key=value ...] [--report]
     mptc fmt [--check] FILES...          rewrite specs in canonical layout, comments kept (commands.py)
     mptc space SPEC [--json]             the objectives each space declaration expands to (commands.py)
     mptc compare SPEC... [--seeds N]     specs (and their baselines) over seeds: markdown + CSV table (commands.py)
     mptc sweep SPEC --set KEY=V1,V2 --set KEY=A..B [--out DIR]   one run per combination, summary table (sweep.py)
+    mptc report RUN_DIR... [--out DIR]   report.html with plots of one or several runs (report.py)
 """
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ def cmd_run(args) -> int:
     from mptc.runtime.executor import run_plan
     out = run_plan(plan, text, args.out, progress=not args.quiet)
     print(f"run directory: {out}")
+    if args.report:
+        from mptc.report import write_report
+        print(f"report: {write_report([out])}")
     return 0
 
 
@@ -124,11 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<spec name>-<time>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--report", action="store_true", help="also write DIR/report.html, as `mptc report DIR`")
     p.set_defaults(fn=cmd_run)
     from mptc.commands import add_commands
     add_commands(sub)
     from mptc.sweep import add_sweep
     add_sweep(sub)
+    from mptc.report import add_report
+    add_report(sub)
     return parser
 
 

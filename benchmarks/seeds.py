@@ -21,10 +21,10 @@ from mptc.runtime.executor import run_plan
 
 
 def run_seed(spec: str, text: str, sets: list[str], out: Path) -> dict:
-    """One run: its eval.json means and diagnostics."""
+    """One run: its eval.json means and numeric diagnostics (not the planted labels `mptc report` colours by)."""
     run = run_plan(compile_spec(text, spec, sets), text, out, progress=False)
     evals = json.loads((run / "eval.json").read_text())
-    diag = json.loads((run / "diagnostics.json").read_text())
+    diag = {k: v for k, v in json.loads((run / "diagnostics.json").read_text()).items() if isinstance(v, (int, float))}
     return {"eval": means(evals), "diag": diag}
 
 

@@ -427,17 +427,26 @@ def labelled(splits: dict, n: int | None, seed: int) -> dict:
 
 
 def diagnostics(trainer: Trainer, state: State) -> dict:
-    """Weights against the planted relevant set, where the PT data knows it (synthetic benchmarks)."""
+    """Weights against the planted relevant set, where the PT data knows it (synthetic benchmarks): each
+    weight vector's AUROC as a classifier of it, and per weight vector the planted truth `mptc report`
+    colours by: `planted` (1 relevant, 0 not) and, where the data names the kinds, `planted_kind`."""
     from mptc.runtime.evaluate import auroc
-    relevant = trainer.data.info(trainer.plan.pretrain.data.dataset).get("relevant")
+    info = trainer.data.info(trainer.plan.pretrain.data.dataset)
+    relevant, kinds = info.get("relevant"), info.get("kind")
     if relevant is None:
         return {}
-    out = {}
+    out, planted, planted_kind = {}, {}, {}
     for name, value in trainer.prog.meta_values(state.metas).items():
-        if value.dim() == 1 and value.numel() == len(relevant) and len(set(relevant)) == 2:
+        if value.dim() != 1 or value.numel() != len(relevant):
+            continue
+        planted[name] = [int(bool(r)) for r in relevant]
+        if kinds is not None and len(kinds) == len(relevant):
+            planted_kind[name] = list(kinds)
+        if len(set(relevant)) == 2:
             y = torch.tensor(relevant, dtype=torch.float32)[:, None]
             out[f"{name}_vs_relevant_auroc"] = auroc(y, value.float().cpu()[:, None])
-    return out
+    return {**out, **({"planted": planted} if planted else {}),
+            **({"planted_kind": planted_kind} if planted_kind else {})}
 
 
 def _to_list(t: torch.Tensor):
