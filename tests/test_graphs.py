@@ -230,7 +230,7 @@ class Stranger:
 def test_unpickler_refuses_unexpected_classes(tmp_path):
     path = tmp_path / "f.pt"
     torch.save((Stranger(), {}), path)
-    with pytest.raises(ValueError, match="unexpected class"):
+    with pytest.raises(ValueError, match="refers to .*Stranger.*never runs code"):
         G._read_collated(path)
 
 
