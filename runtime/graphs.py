@@ -331,6 +331,11 @@ def _refused(e: Exception) -> str:
             "mptc never runs code from a data file")
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _read_collated(path: Path) -> tuple[dict, dict]:
     """``(fields, slices)`` of a pickled ``(data, slices)`` InMemoryDataset file (PyG 1.x or 2.x).
 
@@ -344,9 +349,10 @@ def _read_collated(path: Path) -> tuple[dict, dict]:
             out = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: cannot read it as a pretrain-gnns processed file ({_refused(e)})") from None
-    except (EOFError, RuntimeError, AttributeError, ImportError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read it as a pretrain-gnns processed file "
-                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
+        raise OSError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+    except Exception as e:  # a damaged file: torch's readers raise assorted types (IndexError, KeyError, ...)
+        raise ValueError(f"{path}: cannot read it as a pretrain-gnns processed file ({_first_line(e)})") from None
     if not (isinstance(out, (tuple, list)) and len(out) >= 2 and isinstance(out[1], dict)):
         raise ValueError(f"{path}: expected a pickled (data, slices) pair, got {type(out).__name__}")
     try:
@@ -383,6 +389,27 @@ def _convert_bio(fields: dict, slices: dict) -> dict:
     return out
 
 
+def _check_bio(t) -> dict:
+    """`t` when it is a consistent set of bio tensors (:func:`_convert_bio`'s), else ValueError: a
+    damaged file must stop here with its name, not as an IndexError inside a batch."""
+    needed = ("x", "edge_index", "edge_attr", "node_ptr", "edge_ptr", *_BIO_FIELDS[3:])
+    if not (isinstance(t, dict) and all(torch.is_tensor(t.get(k)) for k in needed)):
+        raise ValueError("not a pretrain-gnns bio file: a field is missing or not a tensor")
+    graphs, ei = len(t["species_id"]), t["edge_index"]
+    for ptr, total, name in ((t["node_ptr"], len(t["x"]), "x"), (t["edge_ptr"], ei.shape[-1], "edge_index")):
+        if ptr.dim() != 1 or len(ptr) != graphs + 1 or ptr[0] != 0 or ptr[-1] != total or (ptr.diff() < 0).any():
+            raise ValueError(f"the slices of '{name}' do not cut its {total} entries into {graphs} graphs")
+    nodes = t["node_ptr"].diff()
+    if ei.dim() != 2 or len(ei) != 2 or len(t["edge_attr"]) != ei.shape[1] or \
+            ((ei < 0) | (ei >= nodes.repeat_interleave(t["edge_ptr"].diff()))).any():
+        raise ValueError("'edge_index' refers to nodes its graph does not have")
+    if len(t["center_node_idx"]) != graphs or ((t["center_node_idx"] < 0) | (t["center_node_idx"] >= nodes)).any():
+        raise ValueError("'center_node_idx' names a node its graph does not have")
+    if any(len(t[k]) != graphs for k in _BIO_FIELDS[5:]):
+        raise ValueError("the GO targets do not have one row per graph")
+    return t
+
+
 def _bio_tensors(root: Path) -> dict:
     """The bio tensors, from the cache or converted from the PyG 1.x file (then cached, once)."""
     source = Path(root).expanduser() / BIO_FILE
@@ -395,7 +422,13 @@ def _bio_tensors(root: Path) -> dict:
         cached = _read_cache(cache)
         if cached is not None:
             return cached
-    tensors = _convert_bio(*_read_collated(source))
+    fields, slices = _read_collated(source)
+    try:
+        tensors = _check_bio(_convert_bio(fields, slices))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    except (RuntimeError, IndexError, TypeError) as e:   # tensors of the wrong shape or type
+        raise ValueError(f"{source}: not a pretrain-gnns bio file ({_first_line(e)})") from None
     try:
         torch.save(tensors, cache)
         note = f"cached as {cache}"
@@ -409,12 +442,9 @@ def _bio_tensors(root: Path) -> dict:
 def _read_cache(cache: Path) -> dict | None:
     """The cached bio tensors, or None (then converted again) when the cache is damaged or foreign."""
     try:
-        cached = torch.load(cache, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError):
-        cached = None
-    needed = ("x", "edge_index", "edge_attr", "node_ptr", "edge_ptr", *_BIO_FIELDS[3:])
-    if isinstance(cached, dict) and all(torch.is_tensor(cached.get(k)) for k in needed):
-        return cached
+        return _check_bio(torch.load(cache, map_location="cpu", weights_only=True))
+    except Exception:  # damaged, foreign or inconsistent: the source is the truth
+        pass
     print(f"mptc: the bio cache {cache} is unreadable; converting the bio file again", file=sys.stderr)
     return None
 

@@ -197,7 +197,7 @@ def write_json(path: Path, obj) -> None:
     RunError naming the file and the key."""
     bad = _nonfinite(obj)
     if bad:
-        raise RunError(f"{path.name}: {bad} is not a finite number; the run's result is not usable")
+        raise RunError(f"cannot write {path.name}: {bad} is not a finite number, which JSON cannot hold")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)

@@ -195,7 +195,7 @@ def test_every_json_file_is_standard_json_and_a_skipped_step_logs_null(spec, tmp
 
 
 def test_write_json_names_a_non_finite_value(tmp_path):
-    with pytest.raises(RunError, match=r"eval.json: meta.values\[1\] is not a finite number"):
+    with pytest.raises(RunError, match=r"cannot write eval.json: meta.values\[1\] is not a finite number"):
         rundir.write_json(tmp_path / "eval.json", {"meta": {"values": [0.5, float("inf")]}})
     assert list(tmp_path.iterdir()) == []
     log = rundir.MetricsLog(tmp_path / "metrics.jsonl")
