@@ -95,19 +95,22 @@ def clean_stale(parent: Path) -> list[Path]:
     except OSError:
         return []
     removed = []
-    for entry in entries:
-        found = _stale(parent, entry)
-        if found is None:
-            continue
-        staging, pid = found
+    for staging, pid in filter(None, (_stale(parent, e) for e in entries)):
         shutil.rmtree(staging, ignore_errors=True)
-        claimed = parent / _STAGING.fullmatch(entry)["name"]
-        if claimed.is_dir() and set(os.listdir(claimed)) <= {MARKER} and \
-                (_claim_of(claimed) or {"pid": pid}).get("pid") == pid:
-            shutil.rmtree(claimed, ignore_errors=True)
+        if staging.exists():                           # another user's, or a read-only file system
+            continue
+        _unclaim(parent / _STAGING.fullmatch(staging.name)["name"], pid)
         print(f"mptc: removed '{staging}', left by run {pid} which is no longer running", file=sys.stderr)
         removed.append(staging)
     return removed
+
+
+def _unclaim(claimed: Path, pid: int) -> None:
+    """Removes a dead run's claim: `claimed` when it holds nothing but a RUNNING naming `pid` (or none)."""
+    with contextlib.suppress(OSError):
+        if claimed.is_dir() and set(os.listdir(claimed)) <= {MARKER} and \
+                (_claim_of(claimed) or {"pid": pid}).get("pid") == pid:
+            shutil.rmtree(claimed)
 
 
 # ---- the claim and the staging folder -----------------------------------------------------------------
@@ -129,8 +132,9 @@ def _release(out: Path, tmp: Path) -> None:
     """Undoes a claim: the staging folder and `out` (still holding only our RUNNING)."""
     shutil.rmtree(tmp, ignore_errors=True)
     with contextlib.suppress(OSError):
-        (out / MARKER).unlink()
-        out.rmdir()
+        (out / MARKER).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        out.rmdir()                                     # only when empty: never a user's files
 
 
 @contextlib.contextmanager
