@@ -436,7 +436,8 @@ def _source(spec: Spec | str | Path) -> tuple[str, str]:
     """(text, path) of a Spec, or of a .mpt file."""
     if isinstance(spec, Spec):
         return spec.render(), spec.path
-    return Path(spec).read_text(encoding="utf-8"), str(spec)
+    from mptc.cli import _read  # the one reader of spec files (a byte-order mark dropped, errors named)
+    return _read(str(spec)), str(spec)
 
 
 def run(spec: Spec | str | Path, out: str | Path | None = None, overrides: Sequence[str] = (),

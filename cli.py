@@ -66,15 +66,20 @@ def _fail_user(errors: list[SpecError], sources: dict[str, str]) -> int:
 
 
 def _read(path: str) -> str:
+    """The text of a spec file, without a UTF-8 byte-order mark; a RunError naming the file otherwise.
+    The one reader of spec files (cli, commands, sweep, api)."""
     p = Path(path)
     try:
-        return p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RunError(f"cannot read spec '{path}': no such file") from None
     except IsADirectoryError:
         raise RunError(f"cannot read spec '{path}': it is a directory") from None
     except UnicodeDecodeError as e:
         raise RunError(f"cannot read spec '{path}': not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise RunError(f"cannot read spec '{path}': {e.strerror or type(e).__name__}") from None
+    return text.removeprefix("\ufeff")
 
 
 def _compile(args):
@@ -140,18 +145,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(BaseException):
-    """SIGTERM (a scheduler's kill, `timeout`), raised where the run is, so every `staging` folder is
-    removed on the way out like after Ctrl-C."""
+    """SIGTERM (a scheduler's kill, `timeout`) or SIGHUP (the terminal closed), raised where the run is, so
+    every `staging` folder is removed on the way out like after Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOPS = {signal.SIGTERM: "terminated", getattr(signal, "SIGHUP", signal.SIGTERM): "terminated (hang-up)"}
 
 
 def _terminate(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        for signum in _STOPS:
+            signal.signal(signum, _terminate)
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("mptc: interrupted", file=sys.stderr)
+        return 130
+    except Terminated as e:
+        print(f"mptc: {_STOPS[e.signum]}", file=sys.stderr)
+        return 128 + e.signum
+    except BrokenPipeError:  # `mptc space s.mpt | head`: the reader has gone; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is silent
+        return 1
+
+
+def _dispatch(args) -> int:
+    """Runs the command; user mistakes and faults become one rendered error and exit 2."""
     try:
         return args.fn(args)
     except SpecError as e:
@@ -161,20 +189,17 @@ def main(argv=None) -> int:
     except RunError as e:
         print(f"mptc: error: {e}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        print("mptc: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("mptc: terminated", file=sys.stderr)
-        return 143
-    except BrokenPipeError:  # `mptc space s.mpt | head`: the reader has gone; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is silent
-        return 1
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # a file system fault no check named (disk full, a folder gone): still one line
+        where = f"'{e.filename}': " if e.filename else ""
+        print(f"mptc: error: {where}{e.strerror or type(e).__name__}", file=sys.stderr)
+        return EXIT_USER
 
 
 def _safe_read(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8").removeprefix("\ufeff")
     except (OSError, UnicodeDecodeError):
         return ""
 

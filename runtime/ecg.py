@@ -134,6 +134,17 @@ def _fold_of(folds: dict, strat_fold: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.isin(strat_fold, list(listed)) for name, listed in folds.items()}
 
 
+def _filename(db, column: str, row: int) -> str:
+    """The record file of one row of ``ptbxl_database.csv``; ValueError naming the record when its cell
+    is empty (pandas reads an empty cell as NaN) or not a file name."""
+    name = db[column].iloc[row]
+    if not isinstance(name, str) or not name.strip():
+        cell = repr(name) if isinstance(name, str) and name else "empty"
+        raise ValueError(f"{_DATABASE}: record {db.index[row]} (data row {row + 1}) has no {column} "
+                         f"(the cell is {cell})")
+    return name.strip()
+
+
 def _record(root: Path, filename: str, length: int) -> np.ndarray:
     """One record as ``[12, length]`` float32 in mV, leads reordered to :data:`LEADS`."""
     import wfdb
@@ -185,7 +196,7 @@ def ptbxl(root, sampling_rate: int = 100, train_folds=_DEFAULT_FOLDS["train"], v
         rows = np.flatnonzero(mask & keep)
         if len(rows) == 0:
             raise ValueError(f"PTB-XL split '{name}' is empty (no labelled records in its folds)")
-        x = np.stack([_record(root, db[column].iloc[r], 10 * sampling_rate) for r in rows])
+        x = np.stack([_record(root, _filename(db, column, r), 10 * sampling_rate) for r in rows])
         splits[name], ids[name] = (torch.from_numpy(x), torch.from_numpy(y[rows])), db.index[rows].tolist()
     if standardize:
         splits = _standardized(splits)

@@ -454,7 +454,8 @@ def _to_list(t: torch.Tensor):
 
 
 def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Path:
-    """Runs a plan end to end and returns its run directory."""
+    """Runs a plan end to end and returns its run directory. A non-finite result (a meta-parameter, the
+    final PT loss or parameters, an evaluation metric) is a RunError and leaves no run directory."""
     from mptc.compiler.ir import to_json
     out = Path(out) if out else default_out(plan.name)
     with staging(out) as tmp:
@@ -480,7 +481,8 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
         finally:
             log.close()
         train_s = {"search" if search else "meta": time.perf_counter() - t_run}   # wall time, for compare
-        write_json(tmp / "meta.json", {n: _to_list(v) for n, v in prog.meta_values(state.metas).items()})
+        metas = {n: _to_list(v) for n, v in _check_trained(state, prog, log.last).items()}
+        write_json(tmp / "meta.json", metas)
         torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
                     "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
         write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
@@ -493,9 +495,49 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
                 t_run = time.perf_counter()
                 states[name] = BASELINES.get(name).load()(trainer)
                 train_s[name] = time.perf_counter() - t_run
-            results = evaluate(trainer, states)
+            results = _check_evaluation(evaluate(trainer, states))
             write_json(tmp / "eval.json", {**{m: {**r, "train_s": round(train_s[m], 3)} for m, r in results.items()},
                                            **labels_table(results)})
         from mptc.runtime.headlines import add_headlines
         add_headlines(trainer, state, tmp / "eval.json")    # the paper's figures, where the data knows them
     return out
+
+
+# ---- the end-of-run checks: a non-finite result stops the run with one named line ----------------------
+def _check_trained(state: State | None, prog: Program, last: dict) -> dict:
+    """The meta-parameters' values (meta.json), after checking that meta-training left finite ones, a
+    finite final PT loss and finite parameters; `last` is the last metrics.jsonl row as logged."""
+    if state is None:                                   # `search`: no trial had a finite meta-objective
+        raise RunError("search: every trial's meta-objective was non-finite (nan or inf): no result")
+    values = prog.meta_values(state.metas)
+    for name, value in {**state.metas, **values}.items():   # raw (a network's weights too) and transformed
+        _finite(value, f"meta-parameter '{name}'")
+    if "pt_loss" in last and not math.isfinite(last["pt_loss"]):
+        raise RunError(f"the PT loss is {last['pt_loss']} at the end of meta-training "
+                       f"(meta-step {last.get('meta_step', '?')}): the run diverged")
+    for key, value in state.params.items():
+        _finite(value, f"parameter '{key}'")
+    return values
+
+
+def _finite(value: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(value.detach())
+    if bad.any():
+        first = value.detach().flatten()[bad.flatten()][0].item()
+        raise RunError(f"{what} is not finite after meta-training ({int(bad.sum())} of {value.numel()} "
+                       f"values, e.g. {first}): the run diverged or divides by zero")
+
+
+def _check_evaluation(results: dict) -> dict:
+    """`results`, after checking every method's metric at every seed is finite."""
+    for method, r in results.items():
+        cells = {None: r, **r.get("by_labels", {})}
+        for n, cell in cells.items():
+            bad = [s for s, v in enumerate(cell["values"]) if not math.isfinite(v)]
+            if bad:
+                at = f" with {n} labels" if n is not None else ""
+                raise RunError(f"evaluation: the {r['metric']} of '{method}'{at} is not finite at seed"
+                               f"{'s' * (len(bad) > 1)} {', '.join(map(str, bad))} "
+                               f"({cell['values'][bad[0]]}): its encoder gives non-finite features, or "
+                               "no test task has both classes")
+    return results

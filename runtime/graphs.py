@@ -19,9 +19,10 @@ un-offset ``center_node_idx``, so every graph but the first reads a node of the 
 
 **Bio** (:func:`bio`): ``root/supervised/processed/geometric_data_processed.pt``, the
 pretrain-gnns file written by PyG 1.x: a pickled ``(data, slices)`` collate of old
-``torch_geometric.data.Data`` objects, which PyG 2.x cannot unpickle. It is read with an unpickler
-that maps the old class to a plain field holder, converted (vectorised) and cached next to it as
-``geometric_data_processed.mptc.pt`` (plain tensors, loaded with ``weights_only=True``). Splits
+``torch_geometric.data.Data`` objects, which PyG 2.x unpickles but cannot use. It is read with torch's
+weights-only unpickler (tensors, containers and PyG's ``Data``, whose old fields land in its
+``__dict__``; no other class or function, so the file cannot run code), converted (vectorised) and
+cached next to it as ``geometric_data_processed.mptc.pt`` (plain tensors, also weights-only). Splits
 replicate the published species split (``splitters.species_split`` + ``random_split``, Python
 ``random`` with the same seed): PT = non-human graphs + the human "broad" half; FT ``train``/``val``
 = 85/15 of the non-human graphs, ``test`` = the human half never seen in PT (published
@@ -65,8 +66,9 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import re
 import sys
-import types
+import warnings
 from pathlib import Path
 
 import attrs
@@ -304,53 +306,58 @@ HUMAN = 9606  # the FT test species of the published species split
 BIO_EDGE_DIM = 9  # 7 evidence channels + the self-loop and masking flags pretrain-gnns reserves
 _BIO_FIELDS = ("x", "edge_index", "edge_attr", "center_node_idx", "species_id", "go_target_pretrain",
                "go_target_downstream")
-_SAFE_MODULES = ("torch", "collections", "numpy", "builtins", "copyreg", "_codecs")
-
-
-class _LegacyData:
-    """Stands in for a pickled PyG 1.x ``Data``: keeps the tensor fields of its ``__dict__``."""
-
-    def __setstate__(self, state):
-        state = state[1] if isinstance(state, tuple) else state  # (None, slots) when __slots__ were used
-        self.fields = {k: v for k, v in (state or {}).items() if torch.is_tensor(v)}
-
-
-class _LegacyUnpickler(pickle.Unpickler):
-    """Maps the old ``torch_geometric.data`` classes to :class:`_LegacyData`; refuses classes from
-    anywhere but torch and the standard containers (the file is otherwise an arbitrary pickle)."""
-
-    def find_class(self, module, name):
-        if module.startswith("torch_geometric.data"):
-            return _LegacyData
-        if module.split(".")[0] not in _SAFE_MODULES:
-            raise pickle.UnpicklingError(f"unexpected class {module}.{name}")
-        return super().find_class(module, name)
-
-
-_LEGACY_PICKLE = types.SimpleNamespace(__name__="mptc_legacy_pickle", Unpickler=_LegacyUnpickler,
-                                       load=lambda f, **kw: _LegacyUnpickler(f, **kw).load())
-
-
 def _fields(obj) -> dict:
-    """The tensor fields of an old ``Data`` holder, a PyG 2.x ``Data`` or a plain dict."""
-    if isinstance(obj, _LegacyData):
-        return obj.fields
-    if isinstance(obj, Data):
-        return {k: v for k, v in obj.to_dict().items() if torch.is_tensor(v)}
+    """The tensor fields of a collated ``Data``: a PyG 1.x one (its old attributes are plain
+    ``__dict__`` entries), a PyG 2.x one, or a plain dict."""
     if isinstance(obj, dict):
         return {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    if isinstance(obj, Data):
+        if "_store" in vars(obj):
+            return {k: v for k, v in obj.to_dict().items() if torch.is_tensor(v)}
+        return {k: v for k, v in vars(obj).items() if torch.is_tensor(v)}
     raise ValueError(f"expected a collated Data object, got {type(obj).__name__}")
 
 
+def _refused(e: Exception) -> str:
+    """What torch's weights-only unpickler refused, in one line (its message is a page)."""
+    text = str(e)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return (f"it refers to {found[1]}, which is not a tensor, a container or PyG's Data; "
+                "mptc never runs code from a data file")
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    return (f"torch's weights-only reader refused it: {detail[1].strip() if detail else 'unsafe pickle'}; "
+            "mptc never runs code from a data file")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _read_collated(path: Path) -> tuple[dict, dict]:
-    """``(fields, slices)`` of a pickled ``(data, slices)`` InMemoryDataset file (PyG 1.x or 2.x)."""
+    """``(fields, slices)`` of a pickled ``(data, slices)`` InMemoryDataset file (PyG 1.x or 2.x).
+
+    Read by torch's weights-only unpickler (tensors and plain containers) with PyG's ``Data`` as the
+    one class allowed: a PyG 1.x ``Data`` comes back with its old fields in ``__dict__``. Nothing in
+    the file can run code: any other class or function it names is refused."""
+    torch.serialization.add_safe_globals([Data])     # as PyG does on import; said here for older PyG
     try:
-        out = torch.load(path, map_location="cpu", pickle_module=_LEGACY_PICKLE, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ImportError) as e:
-        raise ValueError(f"{path}: cannot read it as a pretrain-gnns processed file ({e})") from None
+        with warnings.catch_warnings():              # "pickle protocol 4 ...": noise beside our own error
+            warnings.simplefilter("ignore")
+            out = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: cannot read it as a pretrain-gnns processed file ({_refused(e)})") from None
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
+        raise OSError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+    except Exception as e:  # a damaged file: torch's readers raise assorted types (IndexError, KeyError, ...)
+        raise ValueError(f"{path}: cannot read it as a pretrain-gnns processed file ({_first_line(e)})") from None
     if not (isinstance(out, (tuple, list)) and len(out) >= 2 and isinstance(out[1], dict)):
         raise ValueError(f"{path}: expected a pickled (data, slices) pair, got {type(out).__name__}")
-    return _fields(out[0]), dict(out[1])
+    try:
+        return _fields(out[0]), dict(out[1])
+    except (AttributeError, TypeError, RuntimeError, KeyError) as e:  # a Data whose fields are not fields
+        raise ValueError(f"{path}: its Data object is malformed ({type(e).__name__}: {e})") from None
 
 
 def _per_graph(values: Tensor, slices: Tensor, name: str) -> Tensor:
@@ -381,6 +388,27 @@ def _convert_bio(fields: dict, slices: dict) -> dict:
     return out
 
 
+def _check_bio(t) -> dict:
+    """`t` when it is a consistent set of bio tensors (:func:`_convert_bio`'s), else ValueError: a
+    damaged file must stop here with its name, not as an IndexError inside a batch."""
+    needed = ("x", "edge_index", "edge_attr", "node_ptr", "edge_ptr", *_BIO_FIELDS[3:])
+    if not (isinstance(t, dict) and all(torch.is_tensor(t.get(k)) for k in needed)):
+        raise ValueError("not a pretrain-gnns bio file: a field is missing or not a tensor")
+    graphs, ei = len(t["species_id"]), t["edge_index"]
+    for ptr, total, name in ((t["node_ptr"], len(t["x"]), "x"), (t["edge_ptr"], ei.shape[-1], "edge_index")):
+        if ptr.dim() != 1 or len(ptr) != graphs + 1 or ptr[0] != 0 or ptr[-1] != total or (ptr.diff() < 0).any():
+            raise ValueError(f"the slices of '{name}' do not cut its {total} entries into {graphs} graphs")
+    nodes = t["node_ptr"].diff()
+    if ei.dim() != 2 or len(ei) != 2 or len(t["edge_attr"]) != ei.shape[1] or \
+            ((ei < 0) | (ei >= nodes.repeat_interleave(t["edge_ptr"].diff()))).any():
+        raise ValueError("'edge_index' refers to nodes its graph does not have")
+    if len(t["center_node_idx"]) != graphs or ((t["center_node_idx"] < 0) | (t["center_node_idx"] >= nodes)).any():
+        raise ValueError("'center_node_idx' names a node its graph does not have")
+    if any(len(t[k]) != graphs for k in _BIO_FIELDS[5:]):
+        raise ValueError("the GO targets do not have one row per graph")
+    return t
+
+
 def _bio_tensors(root: Path) -> dict:
     """The bio tensors, from the cache or converted from the PyG 1.x file (then cached, once)."""
     source = Path(root).expanduser() / BIO_FILE
@@ -390,8 +418,16 @@ def _bio_tensors(root: Path) -> dict:
                                 "(unzip the published bio dataset there; mptc downloads nothing)")
     cache = source.with_name(BIO_CACHE)
     if cache.is_file() and cache.stat().st_mtime >= source.stat().st_mtime:
-        return torch.load(cache, map_location="cpu", weights_only=True)
-    tensors = _convert_bio(*_read_collated(source))
+        cached = _read_cache(cache)
+        if cached is not None:
+            return cached
+    fields, slices = _read_collated(source)
+    try:
+        tensors = _check_bio(_convert_bio(fields, slices))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    except (RuntimeError, IndexError, TypeError) as e:   # tensors of the wrong shape or type
+        raise ValueError(f"{source}: not a pretrain-gnns bio file ({_first_line(e)})") from None
     try:
         torch.save(tensors, cache)
         note = f"cached as {cache}"
@@ -400,6 +436,16 @@ def _bio_tensors(root: Path) -> dict:
     print(f"mptc: converted the PyG 1.x bio file {source} ({len(tensors['species_id'])} graphs); {note}",
           file=sys.stderr)
     return tensors
+
+
+def _read_cache(cache: Path) -> dict | None:
+    """The cached bio tensors, or None (then converted again) when the cache is damaged or foreign."""
+    try:
+        return _check_bio(torch.load(cache, map_location="cpu", weights_only=True))
+    except Exception:  # damaged, foreign or inconsistent: the source is the truth
+        pass
+    print(f"mptc: the bio cache {cache} is unreadable; converting the bio file again", file=sys.stderr)
+    return None
 
 
 def _published_split(idx: list[int], train: float, valid: float, seed: int) -> tuple[list, list, list]:

@@ -11,6 +11,7 @@ digit d", for the multi-label losses).
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +105,14 @@ def read_idx(path) -> np.ndarray:
     """:func:`parse_idx` of a file, gunzipped first when it ends in ``.gz``."""
     path = Path(path)
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (gzip.BadGzipFile, EOFError) as e:
-        raise ValueError(f"{path} is not a valid gzip file ({e})") from None
+        raw = path.read_bytes()
+    except OSError as e:
+        raise OSError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+    try:
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        cause = "it ends early" if isinstance(e, EOFError) else str(e) or type(e).__name__
+        raise ValueError(f"{path} is not a valid gzip file ({cause})") from None
     return parse_idx(data, str(path))
 
 
@@ -130,6 +136,8 @@ def _split(root: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndarray
                          f"got shapes {list(x.shape)} and {list(y.shape)}")
     if len(x) != len(y):
         raise ValueError(f"{x_path.name} has {len(x)} images but {y_path.name} has {len(y)} labels")
+    if len(x) == 0 or 0 in x.shape[1:]:
+        raise ValueError(f"{x_path} holds no images (its header says {len(x)} of {x.shape[1]}x{x.shape[2]} pixels)")
     if len(y) and not 0 <= y.min() <= y.max() <= 9:
         raise ValueError(f"{y_path.name} has labels outside 0..9")
     return x, y

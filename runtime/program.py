@@ -24,6 +24,7 @@ import torch
 from torch.func import functional_call
 
 from mptc.compiler import ir
+from mptc.errors import RunError
 from mptc.components.registry import AUGMENTATIONS, FUNCTIONS, HEADS, MODELS
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
@@ -232,7 +233,19 @@ def _build_module(m: ir.Module) -> torch.nn.Module:
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU."""
+    """`auto` is CUDA when present, else the CPU; `cuda`/`cuda:N` without such a device is a RunError.
+
+        >>> pick_device("cpu")
+        device(type='cpu')
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "it was built without CUDA" if torch.version.cuda is None else "no GPU is visible to it"
+            raise RunError(f"device {name}: this torch has no CUDA ({why}, torch {torch.__version__}); "
+                           "use device cpu or device auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RunError(f"device {name}: there is no such GPU (this machine has {torch.cuda.device_count()})")
+    return device
