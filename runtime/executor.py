@@ -26,6 +26,7 @@ from mptc.runtime.estimators import ift, pt_loss_of, timed, unroll_ft, unroll_pt
 from mptc.runtime.hvp import fastest, power_iteration
 from mptc.runtime.program import Program, pick_device
 from mptc.components.registry import SOLVERS
+from mptc.runtime.artifacts import write_artifacts
 from mptc.runtime.rundir import MetricsLog, default_out, staging, write_json
 
 
@@ -486,6 +487,7 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Pat
         torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
                     "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
         write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
+        write_artifacts(tmp, trainer, state)                # per-example weights of a weighting network
         if plan.evaluate is not None and plan.evaluate.protocol.name == "finetune":
             states = {"search" if search else "meta": state}
             for name in plan.evaluate.baselines:

@@ -147,7 +147,7 @@ def test_device_cuda_without_cuda_is_a_named_error(tmp_path, capsys, monkeypatch
 
 # ---- 3. non-finite results ---------------------------------------------------------------------------
 def test_division_by_zero_in_a_loss_stops_the_run(tmp_path, capsys):
-    spec = _variant(tmp_path, "let task_weight = 2 * sigmoid(w)", "let task_weight = 2 * sigmoid(w) / 0")
+    spec = _variant(tmp_path, "let task_weight = 2 * sigmoid(w)", "let task_weight = 2 * sigmoid(w) / (0 * w)")  # a literal 0 is a check error
     assert _run(spec, tmp_path / "run") == 2
     _one_error(capsys, "meta-parameter 'task_weight' is not finite", "inf")
     assert _leftovers(tmp_path) == []
@@ -208,7 +208,7 @@ def test_write_json_names_a_non_finite_value(tmp_path):
 def test_a_search_whose_every_trial_is_nan_is_a_named_error(tmp_path, capsys):
     spec = _variant(tmp_path, "meta_optimizer adam(lr: 0.1)",
                     "meta_optimizer adam(lr: 0.1)\nhypergradient pretrain: search(random, trials: 2)")
-    spec.write_text(spec.read_text().replace("let task_weight = 2 * sigmoid(w)", "let task_weight = sigmoid(w) / 0"))
+    spec.write_text(spec.read_text().replace("let task_weight = 2 * sigmoid(w)", "let task_weight = sigmoid(w) / (0 * w)"))
     assert _run(spec, tmp_path / "run") == 2
     _one_error(capsys, "search: every trial's meta-objective was non-finite")
 
