@@ -427,8 +427,8 @@ def compile_text(text: str, path: str = "<spec>", overrides: Sequence[str] = ())
 
 
 def _compile_error(errors, text: str, path: str) -> CompileError:
-    from mptc.cli import _sources, render
-    sources = _sources(path, text)
+    from mptc.sources import Sources, render
+    sources = Sources({path: text})
     return CompileError(errors, text, "\n".join(render(e, sources) for e in errors))
 
 
@@ -436,8 +436,8 @@ def _source(spec: Spec | str | Path) -> tuple[str, str]:
     """(text, path) of a Spec, or of a .mpt file."""
     if isinstance(spec, Spec):
         return spec.render(), spec.path
-    from mptc.cli import _read  # the one reader of spec files (a byte-order mark dropped, errors named)
-    return _read(str(spec)), str(spec)
+    from mptc.sources import read_spec  # the one reader of spec files (a byte-order mark dropped, errors named)
+    return read_spec(str(spec)), str(spec)
 
 
 def run(spec: Spec | str | Path, out: str | Path | None = None, overrides: Sequence[str] = (),

@@ -17,47 +17,14 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
-from mptc.errors import MptcError, RunError, SpecError, SpecErrors
+from mptc.errors import RunError, SpecError, SpecErrors
+from mptc.sources import Sources, read_spec, render  # noqa: F401  (render: the CLI's renderer)
 
 EXIT_USER = 2
 
 
-def render(error: SpecError, sources: dict[str, str]) -> str:
-    """`path:line:col: message`, the source line, carets under the span, a did-you-mean and a note."""
-    s = error.span
-    out = [f"{s.path}:{s.line}:{s.col}: error: {error.message}"]
-    lines = source_lines(sources.get(s.path, ""))
-    if 1 <= s.line <= len(lines):
-        text = "".join(ch if ch.isprintable() else " " for ch in lines[s.line - 1])  # a tab, \x0c: one column
-        end = s.end_col if s.end_line == s.line else len(text) + 1
-        width = max(1, min(end, len(text) + 1) - s.col)
-        gutter = " " * len(str(s.line))
-        out += [f"{s.line} | {text}", f"{gutter} | {' ' * (s.col - 1)}{'^' * width}"]
-    if error.hint:
-        out.append(f"  = did you mean '{error.hint}'?")
-    if error.note:
-        out.append(f"  = note: {error.note}")
-    return "\n".join(out)
-
-
-def source_lines(text: str) -> list[str]:
-    r"""The lines of a spec as the parser numbers them: lark counts "\n" alone, where str.splitlines also
-    splits at \x0c, \x1c-\x1e, \x85, U+2028 and U+2029; a CRLF line's "\r" is not shown.
-
-    >>> source_lines("a\x0cb\r\nc\u2028d")
-    ['a\x0cb', 'c\u2028d']
-    """
-    return [line.removesuffix("\r") for line in text.split("\n")]
-
-
-def _sources(path: str, text: str) -> dict[str, str]:
-    from mptc.compiler.overrides import SOURCES
-    return {path: text, **SOURCES}
-
-
-def _fail_user(errors: list[SpecError], sources: dict[str, str]) -> int:
+def _fail_user(errors: list[SpecError], sources: Sources) -> int:
     for e in errors:
         print(render(e, sources), file=sys.stderr)
     n = len(errors)
@@ -65,26 +32,9 @@ def _fail_user(errors: list[SpecError], sources: dict[str, str]) -> int:
     return EXIT_USER
 
 
-def _read(path: str) -> str:
-    """The text of a spec file, without a UTF-8 byte-order mark; a RunError naming the file otherwise.
-    The one reader of spec files (cli, commands, sweep, api)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunError(f"cannot read spec '{path}': no such file") from None
-    except IsADirectoryError:
-        raise RunError(f"cannot read spec '{path}': it is a directory") from None
-    except UnicodeDecodeError as e:
-        raise RunError(f"cannot read spec '{path}': not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise RunError(f"cannot read spec '{path}': {e.strerror or type(e).__name__}") from None
-    return text.removeprefix("\ufeff")
-
-
 def _compile(args):
     from mptc.compiler.lower import compile_spec
-    text = _read(args.spec)
+    text = read_spec(args.spec)
     return text, compile_spec(text, args.spec, getattr(args, "set", None) or [])
 
 
@@ -115,32 +65,49 @@ def cmd_run(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mptc", description="The meta-parameterized pre-training compiler.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="parse and check a spec")
+def check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
     p.set_defaults(fn=cmd_check)
-    p = sub.add_parser("compile", help="compile a spec and print its IR")
-    p.add_argument("spec")
+
+
+def compile_arguments(p: argparse.ArgumentParser) -> None:
+    check_arguments(p)
     p.add_argument("--emit", choices=["ir", "python"], default="ir", help="ir: the plan as JSON; python: a "
                    "standalone PyTorch script of the run (emit.py)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
     p.set_defaults(fn=cmd_compile)
-    p = sub.add_parser("run", help="compile and execute a spec, writing a run directory")
-    p.add_argument("spec")
+
+
+def run_arguments(p: argparse.ArgumentParser) -> None:
+    check_arguments(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<spec name>-<time>)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--report", action="store_true", help="also write DIR/report.html, as `mptc report DIR`")
     p.set_defaults(fn=cmd_run)
-    from mptc.commands import add_commands
-    add_commands(sub)
-    from mptc.sweep import add_sweep
-    add_sweep(sub)
-    from mptc.report import add_report
-    add_report(sub)
+
+
+# Every subcommand, in the order `mptc --help` and the README list them: name -> (its help line, the
+# "module:function" that adds its arguments and handler). Nothing else registers a command.
+COMMANDS = {
+    "check": ("parse and check a spec (never imports torch)", "mptc.cli:check_arguments"),
+    "compile": ("compile a spec and print its IR (or a standalone PyTorch script)", "mptc.cli:compile_arguments"),
+    "run": ("compile and execute a spec, writing a run directory", "mptc.cli:run_arguments"),
+    "fmt": ("rewrite specs in canonical layout (comments kept)", "mptc.commands:fmt_arguments"),
+    "space": ("list the objectives of each space declaration", "mptc.commands:space_arguments"),
+    "compare": ("run specs over seeds and print their methods' table (markdown, CSV)",
+                "mptc.commands:compare_arguments"),
+    "sweep": ("run a spec over the cartesian product of --set values", "mptc.sweep:sweep_arguments"),
+    "report": ("an HTML page of plots of one or several run directories", "mptc.report:report_arguments"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+    parser = argparse.ArgumentParser(prog="mptc", description="The meta-parameterized pre-training compiler.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_line, target) in COMMANDS.items():
+        module, _, function = target.partition(":")
+        getattr(importlib.import_module(module), function)(sub.add_parser(name, help=help_line))
     return parser
 
 
@@ -183,9 +150,9 @@ def _dispatch(args) -> int:
     try:
         return args.fn(args)
     except SpecError as e:
-        return _fail_user([e], _sources(args.spec, _safe_read(args.spec)))
+        return _fail_user([e], Sources())
     except SpecErrors as e:
-        return _fail_user(e.errors, _sources(args.spec, _safe_read(args.spec)))
+        return _fail_user(e.errors, Sources())
     except RunError as e:
         print(f"mptc: error: {e}", file=sys.stderr)
         return EXIT_USER
@@ -195,13 +162,6 @@ def _dispatch(args) -> int:
         where = f"'{e.filename}': " if e.filename else ""
         print(f"mptc: error: {where}{e.strerror or type(e).__name__}", file=sys.stderr)
         return EXIT_USER
-
-
-def _safe_read(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").removeprefix("\ufeff")
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 if __name__ == "__main__":

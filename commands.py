@@ -20,20 +20,25 @@ from mptc.errors import RunError, SpecError, SpecErrors
 EXIT_CHANGED = 1
 
 
-def add_commands(sub) -> None:
-    """Registers `fmt` and `space` on the CLI's subparsers."""
-    p = sub.add_parser("fmt", help="rewrite specs in canonical layout (comments kept)",
-                       description="Rewrites each spec in place in canonical layout, keeping its comments. "
-                                   "A folder stands for the .mpt files under it.")
+def fmt_arguments(p: argparse.ArgumentParser) -> None:
+    """`mptc fmt`'s arguments (registered in cli.COMMANDS)."""
+    p.description = ("Rewrites each spec in place in canonical layout, keeping its comments. A folder stands "
+                     "for the .mpt files under it.")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would be reformatted")
     p.set_defaults(fn=cmd_fmt)
-    p = sub.add_parser("space", help="list the objectives of each space declaration")
+
+
+def space_arguments(p: argparse.ArgumentParser) -> None:
+    """`mptc space`'s arguments."""
     p.add_argument("spec")
     p.add_argument("--json", action="store_true", help="print the expansion as JSON")
     p.set_defaults(fn=cmd_space)
-    p = sub.add_parser("compare", help="run specs over seeds and print their methods' table (markdown, CSV)",
-                       description=COMPARE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    """`mptc compare`'s arguments."""
+    p.description, p.formatter_class = COMPARE_DOC, argparse.RawDescriptionHelpFormatter
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--seeds", type=int, default=5, help="seeds per spec (default 5)")
     p.add_argument("--vary", nargs="+", default=None, metavar="KEY[+K]",
@@ -70,18 +75,18 @@ def _write_atomically(path: str, text: str) -> None:
 
 def _format_one(path: str, check: bool) -> str:
     """'changed', 'same' or 'failed' (after printing why)."""
-    from mptc.cli import _read, render
+    from mptc.sources import Sources, read_spec, render
     from mptc.compiler.printer import format_text
     text = ""
     try:
-        text = _read(path)
+        text = read_spec(path)
         new = format_text(text, path)
         if new == text:
             return "same"
         if not check:
             _write_atomically(path, new)
     except SpecError as e:
-        print(render(e, {path: text}), file=sys.stderr)
+        print(render(e, Sources({path: text})), file=sys.stderr)
         return "failed"
     except (RunError, OSError) as e:
         print(f"mptc: error: {e}" if isinstance(e, RunError) else f"mptc: error: cannot write '{path}': "
@@ -130,9 +135,9 @@ def expansions(spec) -> list[dict]:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    from mptc.cli import _read
+    from mptc.sources import read_spec
     from mptc.compiler.parse import parse
-    spaces = expansions(parse(_read(args.spec), args.spec))
+    spaces = expansions(parse(read_spec(args.spec), args.spec))
     if args.json:
         print(json.dumps({"spaces": spaces}, indent=2))
         return 0
@@ -290,34 +295,31 @@ def csv_table(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def run_seeds(spec: str, seeds: int, sets: list[str], vary: list[str] | None, out: Path, quiet: bool) -> list:
-    """One run of `spec` per seed (see COMPARE_DOC); `[{"dir", "eval", "diagnostics", "sets"}]`."""
-    import time
-    from mptc.cli import _read
+def seed_jobs(spec: str, text: str, seeds: int, sets: list[str], vary: list[str] | None, out: Path) -> list:
+    """The grid's jobs of one spec: one per seed (see COMPARE_DOC), into OUT/<spec>/seed-S."""
     from mptc.compiler.lower import compile_spec
-    from mptc.runtime.executor import run_plan
-    text = _read(spec)
+    from mptc.grid import Job
     base = compile_spec(text, spec, sets)
     if base.evaluate is None:
         raise RunError(f"compare: '{spec}' has no evaluate clause, so its runs have nothing to compare")
     vary = default_vary(base) if vary is None else vary
-    results = []
-    for seed in range(seeds):
-        these = [*sets, *seed_overrides(vary, seed)]
-        start = time.perf_counter()
-        run = run_plan(compile_spec(text, spec, these), text, out / Path(spec).stem / f"seed-{seed}", progress=False)
-        evals = json.loads((run / "eval.json").read_text())
-        diag = json.loads((run / "diagnostics.json").read_text())
-        results.append({"dir": run, "eval": evals, "diagnostics": diag, "sets": these})
-        if not quiet:
-            means = "  ".join(f"{m} {e['mean']:.4f}" for m, e in _methods(evals).items())
-            print(f"{spec} seed {seed} ({time.perf_counter() - start:.0f} s; {' '.join(these)}): {means}",
-                  file=sys.stderr, flush=True)
-    return results
+    return [Job(spec, (*sets, *seed_overrides(vary, seed)), out / Path(spec).stem / f"seed-{seed}")
+            for seed in range(seeds)]
+
+
+def _results(run: Path, sets) -> dict:
+    return {"dir": run, "eval": json.loads((run / "eval.json").read_text()),
+            "diagnostics": json.loads((run / "diagnostics.json").read_text()), "sets": list(sets)}
+
+
+def _means(run: Path) -> str:
+    return "  ".join(f"{m} {e['mean']:.4f}" for m, e in _methods(json.loads((run / "eval.json").read_text())).items())
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     import time
+    from mptc.grid import compile_all, run_all
+    from mptc.sources import read_spec
     if args.seeds < 1:
         raise RunError(f"--seeds must be >= 1, got {args.seeds}")
     names = [Path(s).stem for s in args.specs]
@@ -325,20 +327,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise RunError("compare: two specs share a file name; their run directories would collide")
     if args.vary is not None:
         parse_vary(args.vary)
-    from mptc.cli import _read
-    from mptc.compiler.lower import compile_spec
-    for spec in args.specs:  # every spec, and every key its seeds vary, checked before the first run starts
-        args.spec = spec
-        text, sets = _read(spec), args.set or []
-        base = compile_spec(text, spec, sets)
-        vary = default_vary(base) if args.vary is None else args.vary
-        for seed in sorted({0, args.seeds - 1}):
-            compile_spec(text, spec, [*sets, *seed_overrides(vary, seed)])
+    texts = {spec: read_spec(spec) for spec in args.specs}
+    jobs = [job for spec in args.specs
+            for job in seed_jobs(spec, texts[spec], args.seeds, args.set or [], args.vary, Path(args.out))]
+    plans = compile_all(jobs, texts)      # every spec at every seed checked before the first run starts
     start, cpu = time.perf_counter(), time.process_time()
-    runs = {}
-    for spec in args.specs:
-        args.spec = spec  # the CLI renders a SpecError against this file
-        runs[Path(spec).stem] = run_seeds(spec, args.seeds, args.set or [], args.vary, Path(args.out), args.quiet)
+    done = run_all(jobs, plans, texts, args.quiet, _means)
+    runs: dict = {}
+    for job, run in zip(jobs, done):
+        runs.setdefault(Path(job.spec).stem, []).append(_results(run, job.sets))
     rows = compare_rows(runs)
     print(markdown_table(rows, diagnostic_rows(runs)))
     print()

@@ -50,10 +50,9 @@ class Run:
     scalars: list | None = None  # the scalar meta-parameters (ir.json, else meta.json); None: every meta.NAME
 
 
-def add_report(sub) -> None:
-    """Registers `mptc report` on the CLI's subparsers."""
-    p = sub.add_parser("report", help="an HTML page of plots of one or several run directories",
-                       description=__doc__.split("\n\n")[1])
+def report_arguments(p) -> None:
+    """`mptc report`'s arguments (registered in cli.COMMANDS)."""
+    p.description = __doc__.split("\n\n")[1]
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="folder of report.html and its images (default: the run "
                    "directory for one run, the runs' common parent folder for several)")

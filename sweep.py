@@ -15,8 +15,6 @@ import itertools
 import json
 import math
 import re
-import sys
-import time
 from pathlib import Path
 
 from mptc.errors import BadArgument, RunError, Span, SpecError, SpecErrors
@@ -26,10 +24,9 @@ MAX_RUNS = 10_000  # a typo such as 0..100000 should fail before compiling a hun
 MAX_DIGITS = 4000  # a range bound's digits: below the 4300 that int() accepts
 
 
-def add_sweep(sub) -> None:
-    """Registers `mptc sweep` on the CLI's subparsers."""
-    p = sub.add_parser("sweep", help="run a spec over the cartesian product of --set values",
-                       description=__doc__.split("\n\n")[1])
+def sweep_arguments(p) -> None:
+    """`mptc sweep`'s arguments (registered in cli.COMMANDS)."""
+    p.description = __doc__.split("\n\n")[1]
     p.add_argument("spec")
     p.add_argument("--set", action="append", metavar="KEY=V1,V2|A..B", default=[],
                    help="a key and its values: a comma list, A..B for the integers A to B (repeatable)")
@@ -61,9 +58,8 @@ def split_values(text: str) -> list[str]:
 
 def _error(item: str, start: int, end: int, message: str) -> SpecError:
     """An error in the command line's `--set ITEM`, rendered with carets under ITEM[start:end]."""
-    from mptc.compiler.overrides import SOURCES
-    path = f"--set {item}"
-    SOURCES[path] = item
+    from mptc.compiler.language import OVERRIDE_PREFIX
+    path = OVERRIDE_PREFIX + item
     return BadArgument(Span(path, 1, start + 1, 1, max(end, start + 1) + 1), message)
 
 
@@ -126,27 +122,15 @@ def combinations(items: list[str]) -> list[list[str]]:
     return [[f"{k}={v}" for (k, _), v in zip(values, combo)] for combo in itertools.product(*(v for _, v in values))]
 
 
-def validate(text: str, path: str, combos: list[list[str]]) -> list:
-    """The plan of every combination; raises SpecErrors with every distinct error of all of them."""
-    errors: dict = {}  # (span, message) -> error: a bad value shows once, however many runs carry it
-    for item in dict.fromkeys(s for sets in combos for s in sets):  # each value alone: all mistakes at once
-        _compile(text, path, [item], errors)
-    plans = [] if errors else [_compile(text, path, sets, errors) for sets in combos]
-    if errors:
-        raise SpecErrors(list(errors.values()), text)
-    return plans
-
-
-def _compile(text: str, path: str, sets: list[str], errors: dict):
-    from mptc.compiler.lower import compile_spec
-    try:
-        return compile_spec(text, path, sets)
-    except SpecErrors as e:
-        found = e.errors
-    except SpecError as e:
-        found = [e]
-    errors.update(((e.span, e.message), e) for e in found)
-    return None
+def validate(text: str, path: str, combos: list[list[str]], out: Path) -> tuple[list, list]:
+    """(jobs, plans) of every combination; raises SpecErrors with every distinct error of all of them.
+    Each value is compiled alone first, so that a bad value is reported once without compiling the
+    product of all the others with it."""
+    from mptc.grid import Job, compile_all
+    singles = [Job(path, (item,), out) for item in dict.fromkeys(s for sets in combos for s in sets)]
+    compile_all(singles, {path: text})
+    jobs = [Job(path, tuple(sets), out / run_name(i, sets)) for i, sets in enumerate(combos)]
+    return jobs, compile_all(jobs, {path: text})
 
 
 # ---- running and summarising ----------------------------------------------------------------------
@@ -199,19 +183,13 @@ def markdown(rows: list[dict], spec: str) -> str:
 
 def sweep(spec: str, text: str, items: list[str], out: Path, quiet: bool = True) -> list[dict]:
     """Validates every combination, runs them in order, writes out/summary.{json,md}; returns the rows sorted."""
+    from mptc.grid import run_all
     combos = combinations(items)
-    plans = validate(text, spec, combos)
+    jobs, plans = validate(text, spec, combos, out)
     if out.exists() and any(out.iterdir()):
         raise RunError(f"sweep folder '{out}' already exists and is not empty; choose another --out")
-    from mptc.runtime.executor import run_plan
-    rows = []
-    for i, (sets, plan) in enumerate(zip(combos, plans)):
-        start = time.perf_counter()
-        run = run_plan(plan, text, out / run_name(i, sets), progress=False)
-        rows.append(summary_row(sets, run))
-        if not quiet:
-            print(f"[{i + 1}/{len(plans)}] {' '.join(sets) or '(no overrides)'}: meta-objective "
-                  f"{rows[-1]['meta_objective']}, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    runs = run_all(jobs, plans, {spec: text}, quiet, lambda run: f"meta-objective {final_objective(run)}")
+    rows = [summary_row(sets, run) for sets, run in zip(combos, runs)]
     rows.sort(key=_order)
     summary = {"spec": spec, "sets": items, "objective": "final ft_val_loss (metrics.jsonl), lower is better",
                "runs": rows}
@@ -221,9 +199,9 @@ def sweep(spec: str, text: str, items: list[str], out: Path, quiet: bool = True)
 
 
 def cmd_sweep(args) -> int:
-    from mptc.cli import _read
+    from mptc.sources import read_spec
     from mptc.runtime.rundir import default_out
-    text = _read(args.spec)
+    text = read_spec(args.spec)
     out = Path(args.out) if args.out else default_out(f"sweep-{Path(args.spec).stem}")
     rows = sweep(args.spec, text, args.set, out, quiet=args.quiet)
     print(markdown(rows, args.spec), end="")

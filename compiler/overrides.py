@@ -18,17 +18,13 @@ from __future__ import annotations
 import attrs
 
 from mptc.compiler import ast
-from mptc.compiler.language import OVERRIDE_ROOTS
+from mptc.compiler.language import OVERRIDE_PREFIX, OVERRIDE_ROOTS
 from mptc.compiler.parse import parse
 from mptc.compiler.values import fold
 from mptc.errors import BadArgument, Span, SpecErrors, UnknownName, did_you_mean
 
-SOURCES: dict[str, str] = {}  # synthetic path -> text, for rendering errors in overrides
-
-
 def _source(item: str) -> tuple[str, str, str, Span, Span]:
-    path = f"--set {item}"
-    SOURCES[path] = item
+    path = OVERRIDE_PREFIX + item
     key, sep, value = item.partition("=")
     key_span = Span(path, 1, 1, 1, max(len(key), 1) + 1)
     if not sep or not key or not value:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mptc.cli import main, render
+from mptc.cli import main
+from mptc.sources import Sources, render
 from mptc.errors import Span, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +109,7 @@ def test_main_returns_2_for_user_mistakes(tmp_path, capsys, monkeypatch):
 
 
 def _render(line, col, end_line, end_col, text, hint=None, note=None):
-    return render(SpecError(Span("f.mpt", line, col, end_line, end_col), "oops", hint, note), {"f.mpt": text})
+    return render(SpecError(Span("f.mpt", line, col, end_line, end_col), "oops", hint, note), Sources({"f.mpt": text}))
 
 
 def test_render_carets_hint_and_note():
@@ -208,3 +209,14 @@ def test_fmt_shows_the_parser_line_after_a_form_feed(tmp_path, capsys):
     err = capsys.readouterr().err.split("\n")
     assert err[0].startswith(f"{spec}:3:13: error: syntax error: unexpected '*'")
     assert err[1:3] == ["3 | let a = 2 * * 3", "  |             ^"]
+
+
+def test_every_command_is_registered_once_and_listed_in_the_readme():
+    """cli.COMMANDS is the one registration place; the README's command table lists exactly those."""
+    import re
+    from mptc.cli import COMMANDS, build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == list(COMMANDS)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    listed = dict.fromkeys(re.findall(r"^\| `mptc (\w+)", readme, flags=re.M))
+    assert list(listed) == list(COMMANDS)

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mptc.cli import _read, main
+from mptc.cli import main
+from mptc.sources import read_spec as _read
 from mptc.errors import RunError
 from mptc.runtime import executor, rundir
 
