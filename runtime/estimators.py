@@ -9,6 +9,10 @@ hypergradient through the PT stage by the implicit function theorem at the curre
     dAlg_PT/dphi = -[d2L_PT/dtheta dtheta^T]^-1 d2L_PT/dtheta dphi^T,  so  hg = -p^T d2L_PT/dtheta dphi
     with p ~ H^-1 v from a linear solver that only needs Hessian-vector products.
 
+The implicit function is the stationarity condition of the PT optimizer actually used: with coupled L2
+weight decay lambda (runtime/optim.py) its fixed point solves grad L_PT + lambda theta = 0, so H is
+d2L_PT/dtheta2 + lambda I, and the mixed term is unchanged (lambda does not depend on phi).
+
 `unroll_pt` is the exact alternative to `ift`: reverse mode through the last P PT steps themselves.
 
 Everything is a pure function of parameter dicts; no graph outlives a call.
@@ -102,8 +106,10 @@ def pt_loss_of(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[s
 def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[str], solver: Callable,
         solver_args: dict, hessian_keys: list[str] | None = None, hvp: str = _ROR,
         hessian_batch: int | None = None, prepare: Callable | None = None, g: list | None = None,
-        more: list = (), mixed_mode: str = _ROR):
-    """-p^T d2L_PT/dtheta dphi with p ~ H^-1 v, H = d2L_PT/dtheta2 over `hessian_keys` (default: wrt).
+        more: list = (), mixed_mode: str = _ROR, weight_decay: float = 0.0):
+    """-p^T d2L_PT/dtheta dphi with p ~ H^-1 v, H = d2L_PT/dtheta2 + weight_decay I over `hessian_keys`
+    (default: wrt): the Jacobian of the PT optimizer's stationarity condition grad L_PT + lambda theta = 0
+    (`weight_decay` lambda: the PT optimizer's coupled L2 decay, 0 without).
 
     `prepare(hvp, v)`, when given, returns extra solver arguments computed from the Hessian (e.g. the
     Neumann scale from a power iteration). Returns ({meta name: hypergradient}, info) where info has
@@ -113,13 +119,22 @@ def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[
     by `mixed_mode` (see `_mixed`)."""
     keys = hessian_keys or wrt
     v_h = [v[wrt.index(n)] if n in wrt else torch.zeros_like(params[n]) for n in keys]
-    (g, matvec), t_hessian = timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch, g)
+    (g, plain), t_hessian = timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch, g)
+    matvec = _decayed(plain, weight_decay)                              # u -> (H + lambda I) u
     extra = prepare(matvec, v_h) if prepare else {}
-    (p, info), t_solve = timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ H^-1 v
+    (p, info), t_solve = timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ (H + lambda I)^-1 v
     names = list(metas)
     mixed, t_mixed = timed(_mixed, loss_pt, params, metas, keys, g, p, [batch, *more], mixed_mode)
     info = {**info, **extra, "solve_s": t_hessian + t_solve, "mixed_s": t_mixed}
     return {n: -m for n, m in zip(names, mixed)}, info
+
+
+def _decayed(hvp: Callable, weight_decay: float) -> Callable:
+    """u -> (H + lambda I) u: the Hessian of L_PT + lambda/2 |theta|^2, whose gradient is the PT step's
+    decayed gradient (hvp itself when lambda is 0)."""
+    if not weight_decay:
+        return hvp
+    return lambda u: [hu + weight_decay * ui for hu, ui in zip(hvp(u), u)]   # (H + lambda I) u
 
 
 def unroll_pt(loss_pt: Callable, params0: dict, metas: dict, keys: list[str], opt: Optimizer, opt_state0,
@@ -127,7 +142,9 @@ def unroll_pt(loss_pt: Callable, params0: dict, metas: dict, keys: list[str], op
     """v^T dtheta_P/dphi by reverse mode through the P PT steps theta_0 -> theta_P (exact).
 
     theta_{i+1} = Alg_PT(theta_i, phi; batch_i), replayed from the snapshot (theta_0, optimizer state)
-    with every step differentiable in theta and phi; `v` = dL_val/dtheta_P over `keys`."""
+    with every step differentiable in theta and phi; `v` = dL_val/dtheta_P over `keys`. The loop takes
+    a window's steps by the same `opt.update` (executor.Trainer.pt_step), and an augmentation's noise is
+    the loop's (program.NoiseMemo), so the replay reaches the loop's theta_P bit for bit."""
     theta, state = [params0[n].detach().requires_grad_() for n in keys], opt_state0
     for x, y in batches:
         current = {**params0, **dict(zip(keys, theta))}

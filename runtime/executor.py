@@ -48,7 +48,8 @@ class Trainer:
     def __init__(self, plan: ir.Plan, prog: Program, data: Data):
         self.plan, self.prog, self.data = plan, prog, data
         self.pt_keys = prog.keys_of(plan.pretrain.trains)
-        self.ft_keys = prog.keys_of(plan.finetune.trains)
+        self.ft_keys = prog.keys_of(plan.finetune.trains)           # what the K unrolled FT steps update
+        self.online_keys = [k for k in self.ft_keys if k not in set(self.pt_keys)]   # the FT head: online steps
         self.shared = [k for k in self.pt_keys if k in set(prog.keys_of(self.encoder_modules()))]
         self.loss_pt = prog.loss(plan.pretrain.loss)
         self.loss_ft = prog.loss(plan.finetune.loss)
@@ -102,7 +103,7 @@ class Trainer:
         meta-parameters' initial values and every optimizer's initial state."""
         params, metas = params or self.prog.init_params(), self.prog.init_metas()
         return State(params, metas, self.pt_opt.init(self._sel(params, self.pt_keys)),
-                     self.ft_opt.init(self._sel(params, self.ft_keys)), self.meta_opt.init(list(metas.values())))
+                     self.ft_opt.init(self._sel(params, self.online_keys)), self.meta_opt.init(list(metas.values())))
 
     @staticmethod
     def _sel(params, keys):
@@ -123,20 +124,36 @@ class Trainer:
         grads = torch.autograd.grad(loss, self._sel(state.params, self.pt_keys), create_graph=keep)
         if keep:
             self.kept = (dict(state.params), grads)     # the point theta_{P-1} and dL_PT/dtheta there
+        if self.window is not None:                     # a step the PT `unroll` replays: the replay's arithmetic
+            state.pt_opt = self._replayable_step(state, grads)
+            return loss.detach()
         state.pt_opt = self._apply(state, self.pt_keys, self.pt_opt, state.pt_opt, [g.detach() for g in grads],
                                    fresh=keep)
         return loss.detach()
 
+    @torch.no_grad()
+    def _replayable_step(self, state: State, grads):
+        """The PT step by the optimizer's pure `update`, the form `unroll_pt` differentiates, instead of the
+        fused in-place kernels (equal to 1e-12, not to the bit): the replay of the window then reaches
+        exactly the theta_P the loop reached, and its hypergradient is that of the loop's own window."""
+        new, opt_state = self.pt_opt.update(self._sel(state.params, self.pt_keys), list(grads), state.pt_opt)
+        for k, t in zip(self.pt_keys, new):
+            state.params[k].copy_(t)
+        return opt_state
+
     def ft_online_step(self, state: State, batch) -> None:
-        """One FT step on the head alone, features detached (the encoder is not trained by FT here)."""
-        view = {k: (t if k in self.ft_keys else t.detach()) for k, t in state.params.items()}
+        """One FT step on the FT head alone (the modules `unroll K update ...` names that pre-training does
+        not train), features detached: the encoder is trained by PT only, whatever `update` says, so the
+        PT `unroll` replay of a window reproduces the loop's theta_P."""
+        view = {k: (t if k in self.online_keys else t.detach()) for k, t in state.params.items()}
         loss = self.loss_ft(view, state.metas, *batch)
-        grads = torch.autograd.grad(loss, self._sel(view, self.ft_keys))
-        state.ft_opt = self._apply(state, self.ft_keys, self.ft_opt, state.ft_opt, grads)
+        grads = torch.autograd.grad(loss, self._sel(view, self.online_keys))
+        state.ft_opt = self._apply(state, self.online_keys, self.ft_opt, state.ft_opt, grads)
 
     # ---- the PT window the exact `unroll` estimator replays --------------------------------------
     def open_window(self, state: State) -> None:
-        """Snapshot theta and the PT optimizer state at the start of a P-step window (PT `unroll` only)."""
+        """Snapshot theta and the PT optimizer state at the start of a P-step window (PT `unroll` only);
+        the window closes when the meta-step's hypergradient has replayed it."""
         if self.estimator.name == "unroll":
             self.window = ({k: t.detach().clone() for k, t in state.params.items()}, clone_state(state.pt_opt), [])
 
@@ -155,6 +172,7 @@ class Trainer:
         l_val, v, direct = v_out
         hg, info = self.through_pt(state, pt_batch, v)
         self.last, self.kept = (pt_batch, v, direct), None  # what `check` compares against; no graph kept
+        self.window = None                              # replayed: steps until the next window are not recorded
         return l_val, {n: hg[n] + direct[n] for n in hg}, {**info, "ft_unroll_s": t_ft}
 
     def ft_unroll(self, state: State, ft_batches, val_batch):
@@ -164,8 +182,11 @@ class Trainer:
                          ft_state, self.plan.finetune.unroll, ft_batches, val_batch, wrt=self.pt_keys)
 
     def through_pt(self, state: State, pt_batch, v, reference: bool = False):
-        """({meta: v^T dtheta_PT/dphi}, info) by the plan's PT estimator (or the `check` reference)."""
-        if self.estimator.name == "unroll" and self.window is not None:
+        """({meta: v^T dtheta_PT/dphi}, info) by the plan's PT estimator, or with `reference` by the `check`
+        reference whatever the estimator: IFT with CG to tolerance on the same batch and state."""
+        if self.estimator.name == "unroll" and not reference:
+            if self.window is None:
+                raise RunError("pretrain: unroll has no window to replay (open_window at the window's start)")
             params0, opt0, batches = self.window
             return unroll_pt(self.loss_pt, params0, state.metas, self.pt_keys, self.pt_opt, opt0, batches, v)
         keys = self.shared if self.hessian == "encoder" else self.pt_keys
@@ -183,7 +204,8 @@ class Trainer:
         return ift(self.loss_pt, params, state.metas, pt_batch, v, self.pt_keys, solver, args,
                    hessian_keys=keys, hvp="reverse-over-reverse" if reference else self.hvp_mode,
                    hessian_batch=None if reference else self.hessian_batch, prepare=prepare, g=g, more=more,
-                   mixed_mode="reverse-over-reverse" if reference else self.mixed_mode)
+                   mixed_mode="reverse-over-reverse" if reference else self.mixed_mode,
+                   weight_decay=self.pt_opt.weight_decay)  # H + lambda I: the decayed PT step's fixed point
 
     @staticmethod
     def _ones(state: State, keys):
@@ -323,11 +345,12 @@ def _scalars(state: State) -> dict:
 
 
 def _timings(info: dict) -> dict:
-    """The estimator's time split and scale diagnostics, as logged."""
+    """The estimator's time split and, for Neumann `scale: auto`, the power-iteration estimate of
+    lambda_max(H) (of H + lambda I with weight decay) and the scale alpha = 1/lambda_max it gave."""
     out = {k: round(v, 6) for k, v in info.items() if k.endswith("_s")}
     if "lambda_max" in info:
         out["neumann_alpha"] = info["scale"]
-        out["alpha_lambda_max"] = info["scale"] * info["lambda_max"]
+        out["lambda_max"] = info["lambda_max"]
     return out
 
 

@@ -20,12 +20,17 @@ import torch
 class Optimizer(NamedTuple):
     """init(params) -> state; update(params, grads, state) -> (new params, new state), pure and
     differentiable; step_(params, grads, state) -> state, the same update done in place with fused
-    `torch._foreach_*` kernels (no autograd: the online steps, which nothing differentiates)."""
+    `torch._foreach_*` kernels (no autograd: the online steps, which nothing differentiates).
+
+    `weight_decay` is coupled L2 decay: lambda * theta is added to the gradient before the optimizer's
+    own arithmetic, so the optimizer's fixed points solve grad L(theta) + lambda * theta = 0, the
+    stationarity condition the IFT estimator differentiates (runtime/estimators.py `ift`)."""
 
     init: Callable
     update: Callable
     lr: float
     step_: Callable
+    weight_decay: float = 0.0
 
 
 def clone_state(state: dict) -> dict:
@@ -34,6 +39,7 @@ def clone_state(state: dict) -> dict:
 
 
 def _decay(params, grads, weight_decay):
+    """Coupled L2 decay: g + lambda * theta (so a fixed point has grad L + lambda * theta = 0)."""
     return grads if not weight_decay else [g + weight_decay * p for p, g in zip(params, grads)]
 
 
@@ -70,7 +76,7 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, halflife: f
         t = state["t"] + 1
         torch._foreach_add_(params, grads, alpha=-_lr_at(lr, t, halflife))
         return {**state, "t": t}
-    return Optimizer(init, update, lr, step_)
+    return Optimizer(init, update, lr, step_, weight_decay)
 
 
 def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
@@ -103,7 +109,7 @@ def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float 
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, state["m"], denom, value=-_lr_at(lr, t, halflife) / (1 - beta1 ** t))
         return {**state, "t": t}
-    return Optimizer(init, update, lr, step_)
+    return Optimizer(init, update, lr, step_, weight_decay)
 
 
 def _sqrt(v):

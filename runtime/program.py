@@ -194,25 +194,27 @@ def _as_index(i):
 
 
 class NoiseMemo:
-    """An augmentation's noise: one draw from a seeded generator per batch tensor, reused while that
-    tensor lives (looked up by identity through weak references, so no batch is kept alive)."""
-
-    SIZE = 64
+    """An augmentation's noise: one draw from a seeded generator per batch tensor, reused for as long as
+    that tensor lives (looked up by identity through weak references, so no batch is kept alive, and an
+    entry is dropped once its batch is gone). No count limit: every batch something still holds (the
+    PT `unroll` window of P batches, whatever P; the `mixed_batches` deque) keeps the noise its PT step
+    saw, so a replay never draws fresh noise (nor advances the stream the next PT steps draw from)."""
 
     def __init__(self, salt: int):
         self.salt = salt
         self.reseed(0)
 
     def reseed(self, seed: int) -> None:
-        self.gen, self.entries = torch.Generator().manual_seed(seed * 1000 + self.salt), []
+        self.gen, self.entries = torch.Generator().manual_seed(seed * 1000 + self.salt), {}
 
     def get(self, x: torch.Tensor, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
-        self.entries = [(ref, eps) for ref, eps in self.entries if ref() is not None]
-        for ref, eps in self.entries:
-            if ref() is x:
-                return eps
+        entry = self.entries.get(id(x))
+        if entry is not None and entry[0]() is x:
+            return entry[1]
+        # a new batch: forget the batches that died (an id may be reused by a new tensor), then draw
+        self.entries = {key: (ref, eps) for key, (ref, eps) in self.entries.items() if ref() is not None}
         eps = draw()
-        self.entries = (self.entries + [(weakref.ref(x), eps)])[-self.SIZE:]
+        self.entries[id(x)] = (weakref.ref(x), eps)
         return eps
 
 
