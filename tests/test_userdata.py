@@ -387,6 +387,20 @@ def test_object_arrays_are_never_unpickled(tmp_path):
         arrays(str(tmp_path / "o.npz"))
 
 
+def test_the_loaders_themselves_refuse_code(tmp_path, monkeypatch):
+    """Past the checker's header gate too: np.load without pickles, torch.load with weights only."""
+    import pickle
+    from mptc.runtime import userdata
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "o.npz", x=np.array([Evil()], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        userdata._npz(tmp_path / "o.npz", ["x"])
+    torch.save({"x": Evil()}, tmp_path / "e.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        userdata._pt(tmp_path / "e.pt", ["x"])
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_headers_are_read_without_the_data(tmp_path):
     """A 400 MB .npy is described from its first bytes: the header reader never touches the data."""
     path = tmp_path / "big"
