@@ -448,8 +448,12 @@ def _arrays_file(args):
 
 
 def _table_file(args):
+    first = []  # the first file's features: the split files after it are read by these names
+
     def read(path):
-        features, targets = table_layout(path, args["targets"], args["features"], args["split_by"])
+        features, targets = table_layout(path, args["targets"], first[0] if first else args["features"],
+                                         args["split_by"])
+        first[:] = first or [features]
         return (B, len(features)), len(targets)
     return read
 

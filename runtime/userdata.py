@@ -48,11 +48,12 @@ def table(path: str = "", targets=(), features=None, split_by=None, splits=("tra
           train: str = "", val: str = "", test: str = "", tasks=None, labels: str = "binary",
           seed: int = 0) -> Dataset:
     """Feature and target columns of a csv, tsv, parquet or jsonl file: split ``"all"``, the splits a
-    ``split_by`` column names, or one file per split. ``info["task_names"]``: ``tasks`` or the targets."""
+    ``split_by`` column names, or one file per split (each read with the first file's features, by name).
+    ``info["task_names"]``: ``tasks`` or the targets."""
     files = split_files({"path": path, "train": train, "val": val, "test": test, "split_by": split_by})
     out, used = {}, None
     for split, file in files.items():
-        used, targets = table_layout(file, list(targets), features, split_by)
+        used, targets = table_layout(file, list(targets), features if used is None else used, split_by)
         frame = reading(Path(file), _frame)
         xs = _columns(file, frame, used, "feature")
         ys = _columns(file, frame, targets, "target", binary=labels == "binary")

@@ -157,6 +157,18 @@ def test_split_files(proj):
     assert ds.splits["val"][0].numpy().tolist() == X[20:30].tolist()
 
 
+def test_table_split_files_read_features_by_name(proj, capsys):
+    """The val file's columns in another order: read by the train file's feature names, not positions."""
+    write_table(proj / "data" / "tr.csv", FT.iloc[:15])
+    write_table(proj / "data" / "va.csv", FT.iloc[15:][["b", "f3", "a", "f1", "f0", "f2"]])
+    ft = 'table(train: "data/tr.csv", val: "data/va.csv", test: "data/va.csv", targets: ["a", "b"])'
+    ds = built(spec(proj, ft=ft))["ft"]
+    assert np.allclose(ds.splits["val"][0].numpy(), FT.iloc[15:][["f0", "f1", "f2", "f3"]].to_numpy(), atol=1e-6)
+    write_table(proj / "data" / "va.csv", FT.iloc[15:][["b", "f3", "a", "f1", "f0"]])
+    code, err = cli(capsys, "check", spec(proj, ft=ft))
+    assert (code, "no column 'f2' in" in err) == (2, True), err
+
+
 def test_a_whole_run_from_another_folder(proj, capsys):
     code, err = cli(capsys, "run", spec(proj), "--out", "run", "--quiet")
     assert code == 0, err
