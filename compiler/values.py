@@ -9,6 +9,7 @@ registry Param (type, choices, range). Errors are appended to a list, never rais
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def _too_large(param: Param, expr) -> OutOfRange:
 def _kind_name(kind: str) -> str:
     return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a name or string",
             "ints": "a list of integers", "floats": "a list of numbers", "dataset": "a data name",
+            "strs": "a list of names or strings", "path": "a file or folder (a string)",
             "choice": "one of the listed names"}.get(kind, kind)
 
 
@@ -101,6 +103,10 @@ def _convert(param: Param, expr, value, errors, ctx):
         return _convert_list(param, expr, value, errors)
     if kind == "str":
         return str(value) if isinstance(value, str) else errors.append(_type_error(param, expr, value))
+    if kind == "strs":
+        items = value if isinstance(value, list) else [value]
+        ok = items and all(isinstance(v, str) for v in items)
+        return [str(v) for v in items] if ok else errors.append(_type_error(param, expr, value))
     if kind == "choice":
         return _convert_choice(param, expr, value, errors)
     if kind == "dataset":
@@ -139,14 +145,28 @@ def _convert_dataset(param, expr, value, errors, ctx):
     return None
 
 
+def spec_folder(span_path: str) -> Path | None:
+    """The folder of the spec file a span is in, or None for text that has no file (`--set`, a string)."""
+    path = Path(span_path)
+    try:
+        return Path(os.path.abspath(path.parent)) if path.is_file() else None
+    except (OSError, ValueError):  # a "path" that cannot be one: `--set data.pt=...`, `<spec>`
+        return None
+
+
 def _convert_path(param, expr, value, errors):
-    """A string naming an existing file or folder (relative paths from the current directory)."""
+    """A string naming an existing file or folder: the absolute path, relative paths resolved against the
+    spec file's folder (the working directory for text that has no file: `--set`, Python strings)."""
     if not isinstance(value, str) or isinstance(value, Symbol):
         return errors.append(_type_error(param, expr, value))
+    if param.default == "" and value == "":   # an optional path left empty: not given
+        return value
+    folder = spec_folder(expr.span.path)
     try:
-        path = Path(value).expanduser()
+        given = Path(value).expanduser()
+        path = Path(os.path.abspath((folder or Path.cwd()) / given))
         found = path.exists()
-    except (OSError, RuntimeError) as e:  # `~nobody/x` (no such home), a name too long for the file system
+    except (OSError, RuntimeError, ValueError) as e:  # `~nobody/x` (no such home), a NUL, a name too long
         return errors.append(BadArgument(expr.span, f"'{param.name}': not a usable path "
                                                     f"({getattr(e, 'strerror', None) or e})"))
     if found:
@@ -154,9 +174,11 @@ def _convert_path(param, expr, value, errors):
     parent = path.parent if path.parent.is_dir() else None
     siblings = sorted(p.name for p in parent.iterdir()) if parent else []
     guess = did_you_mean(path.name, siblings)
-    where = "" if parent else f" (nor does its folder '{path.parent}')"
-    errors.append(BadArgument(expr.span, f"'{param.name}': no such file or folder '{value}'{where}",
-                              hint=str(parent / guess) if guess and str(parent) != "." else guess))
+    where = "" if parent else f" (nor does its folder '{given.parent}')"
+    base = "" if given.is_absolute() else (f" (resolved against the spec's folder: {folder})" if folder
+                                           else f" (resolved against the working directory: {Path.cwd()})")
+    errors.append(BadArgument(expr.span, f"'{param.name}': no such file or folder '{value}'{where}{base}",
+                              hint=str(given.parent / guess) if guess and str(given.parent) != "." else guess))
     return None
 
 

@@ -430,3 +430,72 @@ BASELINES.register("cotrain", [], target="mptc.runtime.baselines:cotrain",
                    doc="One network on PT and FT labels, alternating batches, the same budget.")
 BASELINES.register("cotrain_pcgrad", [], target="mptc.runtime.baselines:cotrain_pcgrad",
                    doc="Co-training with PCGrad projection between the PT and FT gradients.")
+
+
+# ---- your own data: arrays and tables from files (docs/data.md) ----------------------------------
+# The shape rules read the files' headers only (components/datafiles.py); runtime/userdata.py loads them.
+from mptc.components.datafiles import DataProblem, array_pair, split_files, table_layout  # noqa: E402
+
+
+def _own_data(args, per_file):
+    """The shapes of data read from `path` or one file per split: `per_file(file) -> (x shape, tasks)`,
+    equal for every file; "splits" when the files or a `split_by` column bring their own."""
+    try:
+        files = split_files(args)
+        found = {s: per_file(f) for s, f in files.items()}
+    except DataProblem as e:
+        raise ShapeProblem(str(e)) from None
+    (first, (x, tasks)), *others = found.items()
+    for split, (x2, tasks2) in others:
+        if (x2[1:], tasks2) != (x[1:], tasks):
+            raise ShapeProblem(f"the {split} file has x {fmt(x2)} and {tasks2} tasks, the {first} file "
+                               f"x {fmt(x)} and {tasks} tasks")
+    if args.get("tasks") is not None and len(args["tasks"]) != tasks:
+        raise ShapeProblem(f"tasks names {len(args['tasks'])} tasks, the data has {tasks}")
+    if args.get("splits") not in (None, ["train", "val", "test"]) and not args.get("split_by"):
+        raise ShapeProblem("splits names the values of a split_by column: give split_by too")
+    splits = tuple(args["splits"]) if args.get("split_by") else tuple(files) if "all" not in files else ()
+    return {"x": x, "y": (B, tasks), **({"splits": splits} if splits else {})}
+
+
+def _arrays_file(args):
+    def read(path):
+        hx, hy = array_pair(path, args["x"], args["y"])
+        return (B, *hx.shape[1:]), hy.shape[1] if len(hy.shape) == 2 else 1
+    return read
+
+
+def _table_file(args):
+    first = []  # the first file's features: the split files after it are read by these names
+
+    def read(path):
+        features, targets = table_layout(path, args["targets"], first[0] if first else args["features"],
+                                         args["split_by"])
+        first[:] = first or [features]
+        return (B, len(features)), len(targets)
+    return read
+
+
+_OWN_SPLIT_FILES = [Param(s, "path", "", doc=f"the {s} split's file (instead of path)") for s in ("train", "val", "test")]
+_OWN_COMMON = [
+    Param("tasks", "strs", None, doc="a name per y column (default: the target columns, or y[0], y[1], ...)"),
+    Param("labels", "choice", "binary", choices=("binary", "any"),
+          doc="binary: every y is 0 or 1 (what bce and auroc need), else a named error; any: real targets"),
+    Param("seed", "int", 0, doc="the random split of the spec's split clause"),
+]
+DATASETS.register("arrays", [
+    Param("path", "path", "", doc="a .npz, .pt (dict of tensors) or .safetensors file, or a folder of .npy files"),
+    Param("x", "str", "x", doc="the inputs' array: [examples, features...] (in a folder: X.npy or X)"),
+    Param("y", "str", "y", doc="the labels' array: [examples] or [examples, tasks]"),
+    *_OWN_SPLIT_FILES, *_OWN_COMMON,
+], target="mptc.runtime.userdata:arrays", shape=lambda a, _: _own_data(a, _arrays_file(a)),
+    doc="Your arrays: x and y from .npz, .npy, .pt or .safetensors files; split all, or one file per split.")
+DATASETS.register("table", [
+    Param("path", "path", "", doc="a .csv, .tsv, .parquet or .jsonl file"),
+    Param("targets", "strs", doc="the label columns (the tasks)"),
+    Param("features", "strs", None, doc="the input columns (default: every other numeric column)"),
+    Param("split_by", "str", None, doc="a column whose values name each row's split (train, val, test)"),
+    Param("splits", "strs", ["train", "val", "test"], doc="the split names split_by's column holds"),
+    *_OWN_SPLIT_FILES, *_OWN_COMMON,
+], target="mptc.runtime.userdata:table", shape=lambda a, _: _own_data(a, _table_file(a)),
+    doc="Your table: feature and target columns of a csv, parquet or jsonl file; split all, by a column, or by file.")

@@ -35,7 +35,9 @@ def heldout_tasks(of, groups: int = 4, fold: int = 0):
     seen = [c for c in range(tasks) if c not in set(held)]
     splits = {s: (x, y[:, seen]) for s, (x, y) in of.splits.items()}
     splits.update({f"heldout_{s}": (x, y[:, held]) for s, (x, y) in of.splits.items()})
-    return Dataset(splits, {**of.info, "seen": seen, "heldout": held})
+    names = of.info.get("task_names")  # one per column of `of` (your own data): those of the seen columns
+    named = {"task_names": [names[c] for c in seen], "heldout_task_names": [names[c] for c in held]} if names else {}
+    return Dataset(splits, {**of.info, "seen": seen, "heldout": held, **named})
 
 
 def _build(source: ir.DataSource, built: dict):
