@@ -74,7 +74,7 @@ def _per_example(prog, fn, params: dict, metas: dict, x: torch.Tensor, y: torch.
     """fn over (x, y) in batches, one float64 per example (the mean of a wider output), or None when
     fn's output is not per example. Noise streams and torch's generator are put back afterwards, so
     the run's later stages (baselines, evaluation) draw what they would have drawn."""
-    saved = [(memo.gen.get_state(), list(memo.entries)) for memo in prog.memos]
+    saved = [(memo.gen.get_state(), dict(memo.entries)) for memo in prog.memos]
     out = []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
