@@ -406,7 +406,7 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
                       ("meta", plan.meta_optimizer)):
         optimizers[key] = _component_call(comp, emb.target(OPTIMIZERS.get(comp.name).target))
     solver_name, solver_args = _solver(est_args, plan)
-    solver_fn = emb.target(SOLVERS.get(solver_name).target)
+    solver_fn = emb.target(f"mptc.runtime.solvers:{solver_name}")   # the pure series behind the entry
     for name in ("unroll_ft", "ift"):
         emb.want("mptc.runtime.estimators", name)
     auto_scale = _auto_scale(est_args)

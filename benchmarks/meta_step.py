@@ -62,7 +62,7 @@ FUSED = ", fused: true"  # the ift options of the fused variant (--fused-options
 def trainer_for(width: int, fused: bool):
     """A Trainer over the spec at `width` (its data unused: batches come from the benchmark)."""
     from mptc.compiler.lower import compile_spec
-    from mptc.runtime.executor import Trainer
+    from mptc.runtime.loop import Trainer
     from mptc.runtime.program import Program
     plan = compile_spec(SPEC.format(h=width, fused=FUSED if fused else ""), "bench.mpt")
     prog = Program(plan, torch.device("cpu"))
@@ -76,7 +76,7 @@ def load_state(trainer, S):
     for key, t in S.net0.state_dict().items():
         module, _, leaf = key.rpartition(".")
         state.params[f"{names[module]}.{leaf}"] = t.detach().clone().requires_grad_()
-    state.pt_opt = trainer.pt_opt.init(trainer._sel(state.params, trainer.pt_keys))
+    state.pt_opt = trainer.pt_opt.init(trainer.sel(state.params, trainer.pt_keys))
     state.metas["w"] = S.phi0.clone().requires_grad_()
     state.meta_opt = trainer.meta_opt.init([state.metas["w"]])
     return state
@@ -104,7 +104,7 @@ def make_mptc(fused: bool):
             reset_ft(state, S)
             xt, yt, xv, yv = S.ft_batches(m)
             _, hg, _ = trainer.hypergradient(state, batch, [(xt, yt)], (xv, yv))
-            trainer.meta_step(state, hg)
+            trainer.meta_update(state, hg)
             return hg["w"]
         make.state, make.trainer = state, trainer
         return meta_step
@@ -137,7 +137,7 @@ def agreement(width: int, steps: int) -> dict:
         ours = hg["w"].detach()
         cosines.append(float(ours @ ref / (ours.norm() * ref.norm())))
         errors.append(float((ours - ref).norm() / ref.norm()))
-        trainer.meta_step(state, hg)
+        trainer.meta_update(state, hg)
     del step
     return {"width": width, "steps": steps, "min_cosine": min(cosines), "max_rel_err": max(errors)}
 
@@ -153,7 +153,7 @@ def long_run(width: int, steps: int, fused: bool) -> float:
         step(m)
     trainer, state = make.trainer, make.state
     reset_ft(state, S)
-    l_val, _, _ = trainer.ft_unroll(state, [(S.x_tr, S.y_tr)], (S.x_val, S.y_val))
+    l_val, _, _ = trainer.ft.through_ft(trainer, state, [(S.x_tr, S.y_tr)], (S.x_val, S.y_val))
     return float(l_val)
 
 

@@ -21,7 +21,7 @@ from mptc.compiler.space import expand
 from mptc.compiler.values import check_args, check_component, fits_float, fold
 from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
                          SpecErrors, UnknownComponent, UnknownName, Unsupported, UnusedMeta, did_you_mean)
-from mptc.components.catalog import ESTIMATOR_DEFAULTS, ESTIMATOR_STAGES
+from mptc.components.catalog import ESTIMATOR_DEFAULTS
 from mptc.components.shapes import B, ShapeProblem, broadcast, fmt
 from mptc.components.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, Param)
@@ -528,12 +528,16 @@ class _Checker:
         ev = self.singles.get("evaluate")
         if ev is not None:
             protocol = self.component(PROTOCOLS, ev.call)
+            traits = PROTOCOLS.get(protocol["name"]).traits if protocol else ("baselines", "splits")
+            if ev.against and "baselines" not in traits:
+                self.err(BadArgument(ev.against[0].span, f"{protocol['name']} compares no baselines: drop "
+                                     f"'against {', '.join(i.name for i in ev.against)}'"))
             for ident in ev.against:
                 if ident.name not in BASELINES:
                     self.err(UnknownComponent(ident.span, f"unknown baseline '{ident.name}' "
                                               f"(known: {', '.join(BASELINES.names())})",
                                               hint=did_you_mean(ident.name, BASELINES.names())))
-            if protocol is None or protocol["name"] == "finetune":
+            if "splits" in traits:                      # it fine-tunes on train, val and test
                 self._evaluation_splits(ev)
 
     def _evaluation_splits(self, ev):
@@ -564,8 +568,8 @@ class _Checker:
                                  f"pass through {stages})", hint=did_you_mean(entry.stage, ESTIMATOR_DEFAULTS)))
             return
         checked = self.component(ESTIMATORS, entry.estimator)
-        if checked and entry.stage not in ESTIMATOR_STAGES[checked["name"]]:
-            fits = [n for n, st in ESTIMATOR_STAGES.items() if entry.stage in st]
+        if checked and entry.stage not in ESTIMATORS.get(checked["name"]).traits:
+            fits = [c.name for c in ESTIMATORS.entries() if entry.stage in c.traits]
             self.err(BadArgument(entry.estimator.span, f"'{checked['name']}' does not apply to the "
                                  f"{entry.stage} stage (use {', '.join(fits)})"))
 

@@ -366,12 +366,12 @@ SOLVERS.register("neumann", [
           doc="alpha; defaults to the PT learning rate; auto = 1/lambda_max(H) by power iteration"),
     Param("rescale_every", "int", 50, min=1, doc="meta-steps between lambda_max estimates (scale: auto)"),
     Param("power_iters", "int", 10, min=1, doc="Hessian-vector products per lambda_max estimate (scale: auto)"),
-], target="mptc.runtime.solvers:neumann",
+], target="mptc.runtime.solvers:Neumann",
     doc="p = alpha * sum_{j<=J} (I - alpha H)^j v, a truncated Neumann series for H^-1 v.")
 SOLVERS.register("cg", [Param("iters", "int", 20, min=1), Param("damping", "float", 0.0, min=0),
                         Param("tol", "float", 1e-10, min=0)],
-                 target="mptc.runtime.solvers:cg", doc="Conjugate gradient on (H + damping I) p = v.")
-SOLVERS.register("identity", [], target="mptc.runtime.solvers:identity",
+                 target="mptc.runtime.solvers:CG", doc="Conjugate gradient on (H + damping I) p = v.")
+SOLVERS.register("identity", [], target="mptc.runtime.solvers:Identity",
                  doc="H^-1 ~ I: the first-order (T1-T2 / DARTS) form.")
 HVP_MODES = ("reverse-over-reverse", "forward-over-reverse", "finite-difference", "auto")
 ESTIMATORS.register("ift", [
@@ -386,16 +386,15 @@ ESTIMATORS.register("ift", [
                                                "averages over (variance / N; H stays on the last one)"),
     Param("mixed_mode", "choice", "reverse-over-reverse", choices=("reverse-over-reverse", "finite-difference"),
           doc="how the mixed term is formed; finite-difference: two first-order passes per batch"),
-], target="mptc.runtime.estimators:ift",
+], target="mptc.runtime.hypergradient:IFT", traits=("pretrain",),
     doc="Implicit function theorem through the PT stage: -v^T H^-1 d2L_PT/dtheta dphi.")
-ESTIMATORS.register("unroll", [], target="mptc.runtime.estimators:unroll_ft",
+ESTIMATORS.register("unroll", [], target="mptc.runtime.hypergradient:Unroll", traits=("pretrain", "finetune"),
                     doc="Exact reverse mode: through the FT stage's K steps, or the PT stage's last P steps.")
 ESTIMATORS.register("search", [
     Param("method", "choice", "random", choices=("random",)),
     Param("trials", "int", 8, min=1), Param("low", "float", -3.0), Param("high", "float", 3.0),
-], target="mptc.runtime.search:random_search",
+], target="mptc.runtime.hypergradient:Search", traits=("pretrain",),
     doc="Gradient-free: whole PT -> FT runs at random meta-parameters, the best on the meta-objective kept.")
-ESTIMATOR_STAGES = {"ift": ("pretrain",), "unroll": ("pretrain", "finetune"), "search": ("pretrain",)}
 ESTIMATOR_DEFAULTS = {"pretrain": "ift", "finetune": "unroll"}
 
 
@@ -411,17 +410,17 @@ PROTOCOLS.register("finetune", [
           "subset per seed), one result per size in eval.json's by_labels; the first size is the headline"),
     Param("search_trials", "int", 2, min=1, doc="PT runs of the `search` baseline: for equal compute, the meta "
           "run's wall time over a PT run's (about 2 on the graph study)"),
-], target="mptc.runtime.evaluate:finetune_evaluate",
-    doc="Fine-tune the pre-trained encoder with a fresh head per seed, early-stopped on FT-val.")
+], target="mptc.runtime.evaluate:finetune", traits=("baselines", "splits"),
+    doc="Fine-tune the pre-trained encoder and each baseline's with a fresh head per seed, early-stopped on FT-val.")
 PROTOCOLS.register("restarts", [
     Param("inits", "floats", doc="initial values of the scalar meta-parameter, one meta-training run each"),
     Param("meta", "str", None, doc="which scalar meta-parameter (default: the only one)"),
 ], target="mptc.runtime.headlines:restarts",
     doc="Meta-train again from each initial value and report where each ends (rotation_error_deg when the "
         "meta-objective's data is rotated).")
-BASELINES.register("no_pretrain", [], target="mptc.runtime.executor:no_pretrain",
+BASELINES.register("no_pretrain", [], target="mptc.runtime.baselines:no_pretrain",
                    doc="The encoder at its initialisation.")
-BASELINES.register("pretrain", [], target="mptc.runtime.executor:plain_pretrain",
+BASELINES.register("pretrain", [], target="mptc.runtime.baselines:plain_pretrain",
                    doc="The same PT budget with the meta-parameters fixed at their initial values.")
 BASELINES.register("search", [], target="mptc.runtime.search:search_baseline",
                    doc="Random search over the meta-parameters: the best of finetune's search_trials PT runs at "

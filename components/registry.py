@@ -47,6 +47,7 @@ class Component:
     target: str | Callable
     doc: str = ""
     shape: Callable | None = None  # (args: dict, in_shape) -> out_shape, for compile-time shape checks
+    traits: tuple[str, ...] = ()   # what the checker needs to know: an estimator's stages, a protocol's "baselines"
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -58,7 +59,7 @@ class Component:
             return self.target
         module, _, attr = self.target.partition(":")
         fn = getattr(importlib.import_module(module), attr)
-        if (self.kind, self.name, self.target) not in _VALIDATED and self.kind not in _INTERFACES_PENDING:
+        if (self.kind, self.name, self.target) not in _VALIDATED:
             _raise_on(self, signature_problems(self, fn))
             _VALIDATED.add((self.kind, self.name, self.target))
         return fn
@@ -70,10 +71,10 @@ class Component:
 
 # What an implementation receives besides its declared parameters, by kind, and which callable of an
 # implementation object the declaration describes (an augmentation's `apply` after `x, eps`).
-CONTEXT = {"model": ("in_dim",), "head": ("in_dim",), "solver": ("matvec", "v"), "augmentation": 2}
+CONTEXT = {"model": ("in_dim",), "head": ("in_dim",), "augmentation": 2, "baseline": ("trainer",),
+           "protocol": ("trainer", "method", "state", "train_s", "baselines")}
 _CALLABLE = {"augmentation": "apply"}
 _VALIDATED: set = set()
-_INTERFACES_PENDING = ("solver", "estimator", "protocol", "baseline")  # TEMPORARY while their interfaces move
 
 
 class DeclarationError(TypeError):
@@ -136,10 +137,10 @@ class Registry:
         self._entries: dict[str, Component] = {}
 
     def register(self, name: str, params=(), target: str | Callable | None = None, doc: str = "",
-                 shape: Callable | None = None):
+                 shape: Callable | None = None, traits: tuple[str, ...] = ()):
         """Adds an entry; used directly or as a decorator over the implementation."""
         def add(fn):
-            comp = Component(self.kind, name, tuple(params), target or fn, doc, shape)
+            comp = Component(self.kind, name, tuple(params), target or fn, doc, shape, tuple(traits))
             if callable(comp.target):                    # a user's own component: checked as it registers
                 _raise_on(comp, signature_problems(comp, comp.target))
             self._entries[name] = comp

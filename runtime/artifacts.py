@@ -34,7 +34,7 @@ def write_artifacts(out: Path, trainer, state) -> None:
         write_json(Path(out) / "example_weights.json", weights)
 
 
-def example_weights(plan: ir.Plan, prog, data, params: dict, metas: dict) -> dict:
+def example_weights(plan: ir.Plan, prog, data, params: dict, metas: dict, rounded: bool = True) -> dict:
     """`{network: {"of", "dataset", "split", "values"[, "clean"]}}` over the PT data (module docstring);
     a network whose output is not one value per example is left out."""
     ref, out = plan.pretrain.data, {}
@@ -49,7 +49,8 @@ def example_weights(plan: ir.Plan, prog, data, params: dict, metas: dict) -> dic
         values = _per_example(prog, prog.compile(expr), params, metas, x, y)
         if values is None:
             continue
-        out[m.name] = {"of": of, "dataset": ref.dataset, "split": split, "values": _rounded(values.tolist())}
+        out[m.name] = {"of": of, "dataset": ref.dataset, "split": split,
+                       "values": _rounded(values.tolist()) if rounded else values.tolist()}
         if clean is not None and split == "all" and len(clean) == len(values):
             out[m.name]["clean"] = [int(bool(c)) for c in clean]
     return out

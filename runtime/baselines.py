@@ -22,7 +22,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["cotrain", "cotrain_pcgrad", "pcgrad"]
+__all__ = ["cotrain", "cotrain_pcgrad", "no_pretrain", "pcgrad", "plain_pretrain"]
+
+
+def no_pretrain(trainer):
+    """The `no_pretrain` baseline: the encoder at its initialisation."""
+    return trainer.init_state()
+
+
+def plain_pretrain(trainer):
+    """The `pretrain` baseline: the same PT steps with the meta-parameters fixed at their initial values."""
+    from mptc.runtime.loop import meta_train
+    return meta_train(trainer, trainer.init_state(), mode="pretrain")
 
 
 def pcgrad(g1: list, g2: list) -> list:
@@ -68,7 +79,7 @@ def cotrain(trainer):
     for _ in range(_budget(trainer)):
         for stream, loss in (("pretrain", trainer.loss_pt), ("finetune", trainer.loss_ft)):
             grads = _grads(loss, state.params, metas, trainer.data.batch(stream), keys)
-            opt_state = trainer._apply(state, keys, trainer.pt_opt, opt_state, grads)
+            opt_state = trainer.apply(state, keys, trainer.pt_opt, opt_state, grads)
     return state
 
 
@@ -84,5 +95,5 @@ def cotrain_pcgrad(trainer):
             merged = pcgrad([g_pt[i] for i in shared], [g_ft[i] for i in shared])
             for i, g in zip(shared, merged):
                 grads[i] = g
-        opt_state = trainer._apply(state, keys, trainer.pt_opt, opt_state, grads)
+        opt_state = trainer.apply(state, keys, trainer.pt_opt, opt_state, grads)
     return state

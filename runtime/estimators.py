@@ -111,8 +111,8 @@ def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[
     (default: wrt): the Jacobian of the PT optimizer's stationarity condition grad L_PT + lambda theta = 0
     (`weight_decay` lambda: the PT optimizer's coupled L2 decay, 0 without).
 
-    `prepare(hvp, v)`, when given, returns extra solver arguments computed from the Hessian (e.g. the
-    Neumann scale from a power iteration). Returns ({meta name: hypergradient}, info) where info has
+    `prepare(hvp, v)`, when given, returns (extra solver arguments computed from the Hessian, diagnostics
+    for `info`): e.g. the Neumann scale from a power iteration, and the lambda_max it came from. Returns ({meta name: hypergradient}, info) where info has
     the solver's iterations and residual and the seconds spent solving and in the mixed VJP. `g`, when
     given, is dL_PT/dtheta over `hessian_keys` at `params`, differentiable (see `hessian`). The mixed
     term is averaged over `batch` and the PT batches in `more` (H and p come from `batch` alone), formed
@@ -121,11 +121,11 @@ def ift(loss_pt: Callable, params: dict, metas: dict, batch, v: list, wrt: list[
     v_h = [v[wrt.index(n)] if n in wrt else torch.zeros_like(params[n]) for n in keys]
     (g, plain), t_hessian = timed(hessian, loss_pt, params, metas, batch, keys, hvp, hessian_batch, g)
     matvec = _decayed(plain, weight_decay)                              # u -> (H + lambda I) u
-    extra = prepare(matvec, v_h) if prepare else {}
+    extra, seen = prepare(matvec, v_h) if prepare else ({}, {})
     (p, info), t_solve = timed(solver, matvec, v_h, **{**solver_args, **extra})  # p ~ (H + lambda I)^-1 v
     names = list(metas)
     mixed, t_mixed = timed(_mixed, loss_pt, params, metas, keys, g, p, [batch, *more], mixed_mode)
-    info = {**info, **extra, "solve_s": t_hessian + t_solve, "mixed_s": t_mixed}
+    info = {**info, **extra, **seen, "solve_s": t_hessian + t_solve, "mixed_s": t_mixed}
     return {n: -m for n, m in zip(names, mixed)}, info
 
 

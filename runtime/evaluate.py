@@ -29,7 +29,7 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
-__all__ = ["METRICS", "accuracy", "auroc", "finetune_evaluate", "summarize"]
+__all__ = ["METRICS", "accuracy", "auroc", "finetune", "finetune_evaluate", "summarize"]
 
 MODES = ("full", "linear")
 
@@ -203,3 +203,101 @@ def _score(model: torch.nn.Module, split: tuple[Tensor, Tensor], score: Callable
 def _snapshot(model: torch.nn.Module) -> dict:
     """A detached copy of the model's state."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---- the `finetune` protocol (PROTOCOLS "finetune"): every method's encoder fine-tuned over seeds ----------
+def finetune(trainer, method: str, state, train_s: float, baselines: tuple, *, epochs: int = 50,
+             metric: str = "auroc", seeds: int = 5, lr: float = 1e-3, batch: int = 128, mode: str = "full",
+             patience: int = 10, tasks: str = "seen", labels=None, search_trials: int = 2) -> dict:
+    """eval.json: `method`'s trained `state` and each baseline (trained here through the BASELINES
+    registry, from the run's seed) fine-tuned by `finetune_evaluate` on the meta-objective's data over
+    `seeds` seeds: {method: {"metric", "mean", "stderr", "seeds", "values", "train_s"}, ...}. `tasks:
+    heldout` fine-tunes on the held-out task columns; `labels` at several label counts (`by_labels`);
+    `search_trials` is the `search` baseline's budget in PT runs."""
+    import time
+    from mptc.components.registry import BASELINES
+    states, times = {method: state}, {method: train_s}
+    for name in baselines:
+        trainer.data.reseed(trainer.plan.train.seed)    # the main run's batches, from the run's seed
+        torch.manual_seed(trainer.plan.train.seed)
+        start = time.perf_counter()
+        states[name] = BASELINES.get(name).load()(trainer)
+        times[name] = time.perf_counter() - start
+    splits = trainer.data.splits(trainer.plan.objective.data.dataset)
+    if tasks == "heldout":                                # partial FT access: the tasks meta-training never saw
+        from mptc.runtime.data import heldout_splits
+        splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
+    args = {"epochs": epochs, "metric": metric, "lr": lr, "batch": batch, "mode": mode, "patience": patience}
+    counts = labels or [None]                             # None: the whole train split
+    out = {}
+    for name, trained in states.items():
+        encoder = _encoder(trainer, trained)
+        by_size = {}
+        for n in counts:
+            values = [finetune_evaluate(encoder, labelled(splits, n, s), seed=s, **args) for s in range(seeds)]
+            by_size[n] = {**summarize(values), "values": values}
+        out[name] = {"metric": metric, **by_size[counts[0]]}
+        if labels:
+            out[name]["by_labels"] = {str(n): r for n, r in by_size.items()}
+    results = _check_evaluation(out)
+    return {**{m: {**r, "train_s": round(times[m], 3)} for m, r in results.items()}, **labels_table(results)}
+
+
+def _module_state(prog, params: dict, module: str):
+    return {k: params[full].detach().clone() for k, full in prog.keys[module]}
+
+
+def _encoder(trainer, state) -> torch.nn.Module:
+    from mptc.errors import RunError
+    names = trainer.encoder_modules()
+    if len(names) != 1:
+        raise RunError(f"evaluation needs exactly one module shared by pretrain and finetune, found {names}")
+    module = copy.deepcopy(trainer.prog.modules[names[0]])
+    # run state holds parameters only; buffers (batch-norm running stats) are re-estimated by evaluation
+    missing = module.load_state_dict(_module_state(trainer.prog, state.params, names[0]), strict=False).missing_keys
+    if set(missing) - {n for n, _ in module.named_buffers()}:
+        raise RunError(f"evaluation: the run state lacks parameters {sorted(missing)}")
+    return module
+
+
+def labels_table(results: dict) -> dict:
+    """`{"<metric>_by_labels": {"100": {"meta": {mean, stderr, seeds}, ...}, ...}}` when the evaluation ran
+    at several label counts (`finetune(labels: ...)`), else {}: the paper's table, one row per size.
+
+        >>> r = {"meta": {"metric": "auroc", "by_labels": {"100": {"mean": 0.7, "stderr": 0.01, "seeds": 3}}}}
+        >>> labels_table(r)
+        {'auroc_by_labels': {'100': {'meta': {'mean': 0.7, 'stderr': 0.01, 'seeds': 3}}}}
+    """
+    rows: dict = {}
+    for method, r in results.items():
+        for n, cell in r.get("by_labels", {}).items():
+            rows.setdefault(n, {})[method] = {k: cell[k] for k in ("mean", "stderr", "seeds")}
+    return {f"{next(iter(results.values()))['metric']}_by_labels": rows} if rows else {}
+
+
+def labelled(splits: dict, n: int | None, seed: int) -> dict:
+    """The splits with "train" cut to n examples, a random subset drawn from `seed` (all when n is None)."""
+    if n is None:
+        return splits
+    x, y = splits["train"]
+    if n > len(x):
+        from mptc.errors import RunError
+        raise RunError(f"evaluate finetune(labels: ...): {n} labelled examples asked, the FT train split has {len(x)}")
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+    return {**splits, "train": (x[keep], y[keep])}
+
+
+def _check_evaluation(results: dict) -> dict:
+    from mptc.errors import RunError
+    """`results`, after checking every method's metric at every seed is finite."""
+    for method, r in results.items():
+        cells = {None: r, **r.get("by_labels", {})}
+        for n, cell in cells.items():
+            bad = [s for s, v in enumerate(cell["values"]) if not math.isfinite(v)]
+            if bad:
+                at = f" with {n} labels" if n is not None else ""
+                raise RunError(f"evaluation: the {r['metric']} of '{method}'{at} is not finite at seed"
+                               f"{'s' * (len(bad) > 1)} {', '.join(map(str, bad))} "
+                               f"({cell['values'][bad[0]]}): its encoder gives non-finite features, or "
+                               "no test task has both classes")
+    return results

@@ -1,13 +1,13 @@
 """The paper's headline figures, written into `DIR/eval.json` where the data knows the planted truth.
 
-* `rotation_error_deg` — with `evaluate restarts(inits: [...])` and a meta-objective on rotated data
+* `rotation_error_deg` — the `restarts` protocol, `evaluate restarts(inits: [...])` and a meta-objective on rotated data
   (`images.digits(rotate: 90, ...)`): meta-training is repeated from each initial value of the scalar
   meta-parameter (same data stream, model initialisation and augmentation noise each time) and the
   learned angle's distance to the data's rotation (modulo 360) is reported: mean, stderr, per init.
 * `clean_over_noisy_weight` — when the PT data marks clean labels (`images.digits(corrupt: ...)`,
-  `info["clean"]`) and the spec has a `let weight = ...`: that weight evaluated on every PT example
-  (the final parameters and meta-parameters), the mean over clean examples divided by the mean over
-  corrupted ones.
+  `info["clean"]`) and a weighting network weighs the PT examples: its per-example weights
+  (runtime/artifacts.py, the final parameters and meta-parameters), the mean over clean examples divided
+  by the mean over corrupted ones.
 
     >>> _summary([1.0, 3.0])
     {'mean': 2.0, 'stderr': 1.0, 'values': [1.0, 3.0]}
@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from mptc.errors import RunError
-from mptc.runtime.program import Ctx
 from mptc.runtime.rundir import write_json
 
 EVAL_BATCH = 512
@@ -43,40 +42,31 @@ def _scalar_meta(trainer, name: str | None) -> str:
     return name
 
 
-def restarts(trainer, inits: list[float], meta: str | None = None) -> dict:
-    """{"meta", "inits", "finals", "paths"}: meta-training repeated from each initial value of a scalar
-    meta-parameter, each from `Trainer.fresh_start` (the same as the main run's, whatever ran before);
-    `paths` holds each run's value after every meta-step."""
-    from mptc.runtime.executor import meta_train
+def restarts(trainer, method: str, state, train_s: float, baselines: tuple, *, inits: list[float],
+             meta: str | None = None) -> dict:
+    """PROTOCOLS "restarts" (eval.json): meta-training repeated from each initial value of a scalar
+    meta-parameter, each from `Trainer.fresh_start` (the same as the main run's, whatever ran before):
+    {"restarts": {"meta", "inits", "finals", "paths"}} with each run's value after every meta-step, and
+    `rotation_error_deg` where the meta-objective's data is rotated. It compares no baselines (the
+    checker rejects `against` with it); the main run's state is the caller's."""
+    from mptc.runtime.loop import meta_train
     name, seed, finals, paths = _scalar_meta(trainer, meta), trainer.plan.train.seed, [], []
     for init in inits:
         trainer.fresh_start(seed)
-        state, path = trainer.init_state(), []
-        state.metas[name] = torch.full_like(state.metas[name], init).requires_grad_()
-        def record(*_):  # meta_train's progress callback, after each meta-step
-            path.append(round(float(state.metas[name].detach()), 3))
-        state = meta_train(trainer, state, None, bar=record)
-        finals.append(float(state.metas[name].detach()))
+        start, path = trainer.init_state(), []
+        start.metas[name] = torch.full_like(start.metas[name], init).requires_grad_()
+        end = meta_train(trainer, start, lambda step, s: path.append(round(float(s.metas[name].detach()), 3)))
+        finals.append(float(end.metas[name].detach()))
         paths.append(path)
-    return {"meta": name, "inits": list(inits), "finals": finals, "paths": paths}
+    found = {"meta": name, "inits": list(inits), "finals": finals, "paths": paths}
+    target = trainer.data.info(trainer.plan.objective.data.dataset).get("rotation")
+    return {"restarts": found, **({"rotation_error_deg": rotation_error(found, target)} if target else {})}
 
 
 def rotation_error(found: dict, target: float) -> dict:
     """|learned - target| in degrees (modulo 360) per init, summarised."""
     errors = [abs((f - target + 180.0) % 360.0 - 180.0) for f in found["finals"]]
     return {**_summary(errors), "target": target, "inits": found["inits"], "learned": found["finals"]}
-
-
-def example_weights(trainer, state, dataset: str) -> torch.Tensor:
-    """The `weight` let on every example of `dataset` (split all), one number per example."""
-    x, y = trainer.data.splits(dataset)["all"]
-    let, out = trainer.prog.lets["weight"], []
-    with torch.no_grad():
-        for i in range(0, len(x), EVAL_BATCH):
-            w = let(Ctx(state.params, state.metas, x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]))
-            w = torch.as_tensor(w).expand(len(x[i:i + EVAL_BATCH]), *torch.as_tensor(w).shape[1:])
-            out.append(w.reshape(len(w), -1).mean(1).double().cpu())
-    return torch.cat(out)
 
 
 def clean_over_noisy(weights: torch.Tensor, clean: list[bool]) -> dict:
@@ -91,19 +81,15 @@ def clean_over_noisy(weights: torch.Tensor, clean: list[bool]) -> dict:
 
 def headlines(trainer, state) -> dict:
     """Every figure the plan and its data allow (module docstring)."""
-    plan, out = trainer.plan, {}
-    ev = plan.evaluate
-    if ev is not None and ev.protocol.name == "restarts":
-        found = restarts(trainer, ev.protocol.args["inits"], ev.protocol.args.get("meta"))
-        target = trainer.data.info(plan.objective.data.dataset).get("rotation")
-        out["restarts"] = found
-        if target:
-            out["rotation_error_deg"] = rotation_error(found, target)
-    clean = trainer.data.info(plan.pretrain.data.dataset).get("clean")
-    if clean is not None and not all(clean) and "weight" in trainer.prog.lets:
-        out["clean_over_noisy_weight"] = clean_over_noisy(example_weights(trainer, state, plan.pretrain.data.dataset),
-                                                          clean)
-    return out
+    from mptc.runtime.artifacts import example_weights
+    clean = trainer.data.info(trainer.plan.pretrain.data.dataset).get("clean")
+    if clean is None or all(clean):
+        return {}
+    weights = example_weights(trainer.plan, trainer.prog, trainer.data, state.params, state.metas, rounded=False)
+    for found in weights.values():                      # the first weighting network's per-example weights
+        if "clean" in found:
+            return {"clean_over_noisy_weight": clean_over_noisy(torch.tensor(found["values"]), clean)}
+    return {}
 
 
 def add_headlines(trainer, state, path: Path) -> None:

@@ -231,3 +231,9 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -32,12 +32,6 @@ def score(trainer, state) -> float:
     return float(torch.stack(losses).mean())
 
 
-def random_search(trainer, log=None, bar=None):
-    """The `search` estimator: its arguments' trials and range (module docstring)."""
-    args = trainer.estimator.args
-    return search(trainer, args["trials"], args["low"], args["high"], log, bar)
-
-
 def search_baseline(trainer):
     """The `search` baseline of `evaluate ... against`: random search beside a hypergradient method, with
     the evaluation's `search_trials` trials (equal compute when it is the meta run's cost in PT runs) in
@@ -47,9 +41,10 @@ def search_baseline(trainer):
     return search(trainer, trainer.plan.evaluate.protocol.args["search_trials"], defaults["low"], defaults["high"])
 
 
-def search(trainer, trials: int, low: float, high: float, log=None, bar=None):
-    """The best of `trials` PT runs at random meta-parameters (module docstring); logs one line a trial."""
-    from mptc.runtime.executor import meta_train
+def search(trainer, trials: int, low: float, high: float, on_trial=None):
+    """The best of `trials` PT runs at random meta-parameters (module docstring); `on_trial(trial,
+    score)` after each (a metrics line, the progress)."""
+    from mptc.runtime.loop import meta_train
     seed = trainer.plan.train.seed
     gen = torch.Generator().manual_seed(seed)
     best, best_score = None, float("inf")
@@ -59,12 +54,10 @@ def search(trainer, trials: int, low: float, high: float, log=None, bar=None):
         metas = _draw(trainer, gen, low, high)
         if trial:
             state.metas = metas
-        state = meta_train(trainer, state, None, mode="online")
+        state = meta_train(trainer, state, mode="online")
         value = score(trainer, state)
-        if log:
-            log.log(trial=trial, ft_val_loss=value)
-        if bar:
-            bar(trial + 1, float("nan"), value)
+        if on_trial:
+            on_trial(trial, value)
         if value < best_score:
             best, best_score = state, value
     return best

@@ -1,4 +1,6 @@
-"""Linear solvers for p ~ H^-1 v, as (matvec, v) -> (p, info). Vectors are lists of tensors (one per
+"""Linear solvers for p ~ H^-1 v, as (matvec, v) -> (p, info), and their registry entries (`Neumann`,
+`CG`, `Identity`: the SOLVERS a spec's `ift(solver: ...)` names, each built from its declared arguments
+and bound to a run by `bind`). Vectors are lists of tensors (one per
 parameter); `matvec` is a Hessian-vector product. `info` reports iterations and the relative residual
 ||H p - v|| / ||v|| when it was computed along the way.
 
@@ -21,7 +23,7 @@ def _norm(a):
     return _dot(a, a).sqrt()
 
 
-def neumann(matvec, v, terms: int = 1, scale: float = 1e-3, **_):
+def neumann(matvec, v, terms: int = 1, scale: float = 1e-3):
     """p = alpha * sum_{j=0..J} (I - alpha H)^j v: the truncated Neumann series of H^-1 v.
 
     The reported residual is ||H p' - v|| / ||v|| of p' = the sum up to J - 1 (it costs no extra product).
@@ -37,7 +39,7 @@ def neumann(matvec, v, terms: int = 1, scale: float = 1e-3, **_):
     return [scale * pi for pi in p], {"iters": terms, "residual": float(_norm(c)) / vnorm if vnorm else 0.0}
 
 
-def cg(matvec, v, iters: int = 20, damping: float = 0.0, tol: float = 1e-10, **_):
+def cg(matvec, v, iters: int = 20, damping: float = 0.0, tol: float = 1e-10):
     """Conjugate gradient on (H + damping I) p = v, from p = 0; stops on ||r|| <= tol ||v||.
 
     Stops early (keeping the last iterate) on non-positive curvature d^T (H + damping I) d <= 0."""
@@ -65,6 +67,46 @@ def cg(matvec, v, iters: int = 20, damping: float = 0.0, tol: float = 1e-10, **_
     return p, {"iters": k, "residual": float(rr.sqrt() / vnorm) if vnorm > 0 else 0.0}
 
 
-def identity(matvec, v, **_):
+def identity(matvec, v):
     """H^-1 ~ I: p = v (the first-order T1-T2 / DARTS form)."""
     return list(v), {"iters": 0, "residual": None}
+
+
+# ---- the registry entries: a solver's declared arguments, bound to a run ---------------------------
+class Neumann:
+    """SOLVERS "neumann": the series above with J = `terms`; alpha = `scale`, the PT learning rate when
+    None, or 1/lambda_max(H) by power iteration when "auto" (re-estimated every `rescale_every`
+    meta-steps with `power_iters` products; the estimate is kept in the estimator's state)."""
+
+    def __init__(self, terms: int = 1, scale=None, rescale_every: int = 50, power_iters: int = 10):
+        self.terms, self.scale, self.rescale_every, self.power_iters = terms, scale, rescale_every, power_iters
+
+    def bind(self, lr: float, est: dict, meta_step: int):
+        """(solve, args, prepare) for `ift`: `prepare(hvp, like)` gives the scale of `scale: auto` (and the
+        lambda_max it came from, for the metrics)."""
+        if self.scale != "auto":
+            return neumann, {"terms": self.terms, "scale": lr if self.scale is None else self.scale}, None
+
+        def prepare(hvp, like):
+            from mptc.runtime.hvp import power_iteration
+            if est.get("lam_max") is None or (meta_step - 1) % self.rescale_every == 0:
+                est["lam_max"] = max(power_iteration(hvp, like, self.power_iters, seed=meta_step), 1e-12)
+            return {"scale": 1.0 / est["lam_max"]}, {"lambda_max": est["lam_max"]}
+        return neumann, {"terms": self.terms}, prepare
+
+
+class CG:
+    """SOLVERS "cg": conjugate gradient on (H + damping I) p = v."""
+
+    def __init__(self, iters: int = 20, damping: float = 0.0, tol: float = 1e-10):
+        self.args = {"iters": iters, "damping": damping, "tol": tol}
+
+    def bind(self, lr: float, est: dict, meta_step: int):
+        return cg, dict(self.args), None
+
+
+class Identity:
+    """SOLVERS "identity": H^-1 ~ I."""
+
+    def bind(self, lr: float, est: dict, meta_step: int):
+        return identity, {}, None

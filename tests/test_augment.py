@@ -14,7 +14,7 @@ from mptc.cli import main
 from mptc.compiler.lower import compile_spec
 from mptc.errors import SpecErrors
 from mptc.runtime.augment import CROP, JITTER, ROTATE, WARP, rotate_images
-from mptc.runtime.executor import Trainer
+from mptc.runtime.loop import Trainer
 from mptc.runtime.images import digits
 from mptc.runtime.models import cnn1d, cnn2d
 from mptc.runtime.program import Program
@@ -146,9 +146,9 @@ def test_meta_gradient_matches_central_finite_differences(float64, spec):
         state = trainer.init_state()
         state.params = {k: t.clone().requires_grad_() for k, t in params0.items()}
         state.metas = {k: t.clone().requires_grad_() for k, t in metas.items()}
-        trainer.open_window(state)
+        trainer.pt.open_window(trainer, state)
         for batch in pt:
-            trainer.record(batch)
+            trainer.pt.record(state, batch)
             trainer.pt_step(state, batch)
         return trainer.hypergradient(state, pt[-1], ft, val)
 

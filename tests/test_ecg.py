@@ -258,7 +258,7 @@ def test_ecg_simclr_spec_runs_and_writes_the_label_table(tmp_path):
 
 def test_fine_tuning_on_more_labels_than_the_split_has_is_a_named_error():
     from mptc.errors import RunError
-    from mptc.runtime.executor import labelled
+    from mptc.runtime.evaluate import labelled
     x, y = torch.zeros(5, 2), torch.zeros(5, 1)
     assert labelled({"train": (x, y)}, 3, seed=0)["train"][0].shape == (3, 2)
     with pytest.raises(RunError, match="6 labelled examples asked, the FT train split has 5"):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mptc.cli import main
-from mptc.runtime import executor
+from mptc.runtime import executor, hypergradient, loop
 from mptc.runtime.estimators import ift, unroll_ft, unroll_pt
 from mptc.runtime.hvp import MAKERS, MODES, power_iteration
 from mptc.runtime.optim import adam, sgd
@@ -116,7 +116,7 @@ def test_neumann_with_alpha_from_power_iteration_converges_monotonically(ridge):
 
     def prepare(hvp, like):
         est = power_iteration(hvp, like, iters=200)
-        return {"scale": 1 / est, "lambda_max": est}
+        return {"scale": 1 / est}, {"lambda_max": est}
     errors = []
     for terms in (0, 2, 8, 32, 128):
         hg, info = ift(ridge["loss"], {"t": ridge["theta"]}, {"phi": ridge["phi"]}, (ridge["X"], ridge["y"]),
@@ -288,12 +288,12 @@ def test_hvp_modes_run_and_hessian_batch(tmp_path, mode):
 
 def test_pt_unroll_runs_and_replays_the_window(tmp_path, monkeypatch):
     seen = []
-    real = executor.unroll_pt
+    real = hypergradient.unroll_pt
 
     def spy(loss_pt, params0, metas, keys, opt, opt0, batches, v):
         seen.append(len(batches))
         return real(loss_pt, params0, metas, keys, opt, opt0, batches, v)
-    monkeypatch.setattr(executor, "unroll_pt", spy)
+    monkeypatch.setattr(hypergradient, "unroll_pt", spy)
     code, rows = _run(tmp_path, "hypergradient pretrain: unroll, finetune: unroll")
     assert code == 0 and seen == [3, 3, 3, 3] and all(r["solver_iters"] == 3 for r in rows)
 
@@ -339,10 +339,11 @@ def test_reset_every_starts_a_new_cycle_and_keeps_the_meta_parameters(tmp_path, 
     (same run) never resets."""
     real, seen = executor.Trainer.reset, []
 
-    def spy(self, state, cycle):
+    def spy(self, state):
         before = {n: t.detach().clone() for n, t in state.metas.items()}
         old, meta_opt = {k: t.detach().clone() for k, t in state.params.items()}, state.meta_opt
-        real(self, state, cycle)
+        real(self, state)
+        cycle = state.cycle
         drawn = self.prog.draw_params(1_000_003 * (self.plan.train.seed + 1) + cycle)
         new = {k: t.detach().clone() for k, t in state.params.items()}    # the PT steps change them in place
         seen.append((cycle, before, state.metas, old, new, drawn, state.meta_opt is meta_opt))
@@ -365,7 +366,7 @@ def test_reset_every_as_long_as_the_run_changes_nothing(tmp_path):
 
 @pytest.mark.parametrize("warmup,P,M,R", [(0, 1, 1, 0), (2, 3, 4, 2), (0, 2, 5, 2), (1, 1, 7, 3), (3, 2, 4, 9)])
 def test_schedule_counts(warmup, P, M, R):
-    steps = list(executor.schedule(warmup, P, M, R))
+    steps = list(loop.schedule(warmup, P, M, R))
     cycles = -(-M // R) if R else 1
     assert len(steps) == cycles * warmup + M * P
     assert [m for _, _, m in steps if m] == list(range(1, M + 1))
@@ -405,9 +406,9 @@ def test_mixed_batches_use_the_last_n_pt_batches(tmp_path):
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(32, 8, generator=g), (torch.randn(32, 12, generator=g) > 0).float()) for _ in range(4)]
     for b in batches:
-        trainer.record(b)
+        trainer.pt.record(state, b)
     v = [torch.randn_like(state.params[k]) for k in trainer.pt_keys]
-    hg, _ = trainer.through_pt(state, batches[-1], v)
+    hg, _ = trainer.pt.through_pt(trainer, state, batches[-1], v)
     expected, _ = ift(trainer.loss_pt, state.params, state.metas, batches[-1], v, trainer.pt_keys, neumann,
                       {"terms": 2, "scale": 0.1}, more=batches[1:3])
     assert torch.allclose(hg["w"], expected["w"], rtol=1e-5, atol=0)
@@ -415,7 +416,7 @@ def test_mixed_batches_use_the_last_n_pt_batches(tmp_path):
                  {"terms": 2, "scale": 0.1})
     assert not torch.allclose(hg["w"], one["w"], rtol=1e-2, atol=0)
     trainer.mixed_mode = "finite-difference"                 # float32 central differences: close, not equal
-    fd, _ = trainer.through_pt(state, batches[-1], v)
+    fd, _ = trainer.pt.through_pt(trainer, state, batches[-1], v)
     assert float(torch.nn.functional.cosine_similarity(fd["w"], hg["w"], dim=0)) > 0.99
     code, rows = _run(tmp_path, "hypergradient pretrain: ift(neumann(terms: 2), mixed_batches: 3, "
                                 "mixed_mode: \"finite-difference\") check every 2")
@@ -430,8 +431,8 @@ def test_fused_schedule_is_ift_at_the_last_pt_steps_point(tmp_path):
     before = {k: t.detach().clone().requires_grad_() for k, t in state.params.items()}
     trainer.pt_step(state, pt, keep=True)
     assert not torch.equal(before["encoder.0.weight"], state.params["encoder.0.weight"])
-    _, v, _ = trainer.ft_unroll(state, [ft, ft], ft)
-    fused, _ = trainer.through_pt(state, pt, v)
+    _, v, _ = trainer.ft.through_ft(trainer, state, [ft, ft], ft)
+    fused, _ = trainer.pt.through_pt(trainer, state, pt, v)
     expected, _ = ift(trainer.loss_pt, before, state.metas, pt, v, trainer.pt_keys, neumann, {"terms": 3, "scale": 0.1})
     assert torch.allclose(fused["w"], expected["w"], rtol=1e-5, atol=1e-12)
     code, rows = _run(tmp_path, hypergradient)

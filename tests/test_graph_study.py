@@ -17,7 +17,7 @@ from mptc.components.catalog import ShapeProblem, heldout_columns
 from mptc.runtime.data import Data, heldout_tasks
 from mptc.runtime.datasets import Dataset
 from mptc.runtime.evaluate import recalibrate
-from mptc.runtime.executor import Trainer
+from mptc.runtime.loop import Trainer
 from mptc.runtime.program import Program
 
 GRAPH = """

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from mptc.compiler.lower import compile_spec
-from mptc.runtime import executor
+from mptc.runtime import executor, hypergradient
 from mptc.runtime.estimators import ift
-from mptc.runtime.executor import Trainer, meta_train
+from mptc.runtime.loop import Trainer, meta_train
 from mptc.runtime.program import Program
 from mptc.runtime.solvers import cg
 
@@ -109,12 +109,12 @@ def test_ift_with_weight_decay_matches_the_closed_form(optimizer, estimator):
     theta = [state.params["encoder.weight"]]            # the fixed point of the PT optimizer with decay
     grad = torch.autograd.grad(trainer.loss_pt(state.params, state.metas, X, Y), theta)[0]
     assert float((grad + DECAY * theta[0]).detach().norm()) < 1e-12
-    _, v, _ = trainer.ft_unroll(state, ft, val)
+    _, v, _ = trainer.ft.through_ft(trainer, state, ft, val)
     exact_phi = phi.clone().requires_grad_()                # v^T dtheta*/dphi through the closed form
     exact = torch.autograd.grad(_ridge_optimum(X, Y, exact_phi, DECAY) @ v[0][0], exact_phi)[0]
     _, hg, _ = trainer.hypergradient(state, (X, Y), ft, val)
     assert _rel(hg["w"], exact) < 1e-8
-    reference, _ = trainer.through_pt(state, (X, Y), v, reference=True)    # what `check every` compares with
+    reference, _ = hypergradient.reference(trainer, state, (X, Y), v)    # what `check every` compares with
     assert _rel(reference["w"], exact) < 1e-8
     assert 1 - trainer.check(state, hg) < 1e-12
     blind, _ = ift(trainer.loss_pt, state.params, state.metas, (X, Y), v, trainer.pt_keys, cg,
@@ -159,7 +159,7 @@ def _capture_meta_steps(trainer, monkeypatch):
     seen, real = [], Trainer.hypergradient
 
     def spy(self, state, pt_batch, ft_batches, val_batch):
-        params0, opt0, batches = self.window
+        params0, opt0, batches = state.est["window"]
         seen.append({"params0": {k: t.clone() for k, t in params0.items()}, "opt0": opt0, "batches": list(batches),
                      "params": {k: t.detach().clone() for k, t in state.params.items()},
                      "metas": {k: t.detach().clone() for k, t in state.metas.items()},
@@ -199,7 +199,7 @@ def test_pt_unroll_replays_the_loops_window_with_update_encoder(optimizer, monke
         metas = {"w": phi.clone().requires_grad_()}
         view = executor.State({**last["params"], **_replay(trainer, last, metas)}, metas, None, None, None)
         view.params = {k: t.detach().requires_grad_() for k, t in view.params.items()}
-        return float(trainer.ft_unroll(view, last["ft"], last["val"])[0])
+        return float(trainer.ft.through_ft(trainer, view, last["ft"], last["val"])[0])
     eps, phi = 1e-4, last["metas"]["w"]                # rounding-limited below: the hypergradient is ~1e-5
     fd = torch.tensor([(objective(phi + eps * e) - objective(phi - eps * e)) / (2 * eps) for e in torch.eye(3)])
     assert _rel(last["hg"]["w"], fd) < 1e-6 and fd.abs().max() > 1e-5
@@ -249,9 +249,9 @@ def test_pt_unroll_over_70_augmented_steps_replays_the_loops_noise():
         state = trainer.init_state()
         state.params = {k: t.clone().requires_grad_() for k, t in params0.items()}
         state.metas = {"phi": torch.tensor(phi).requires_grad_()}
-        trainer.open_window(state)
+        trainer.pt.open_window(trainer, state)
         for batch in pt:
-            trainer.record(batch)
+            trainer.pt.record(state, batch)
             trainer.pt_step(state, batch)
         return trainer.hypergradient(state, pt[-1], ft, val)
 
@@ -280,15 +280,15 @@ hypergradient pretrain: unroll
 def test_check_under_pt_unroll_compares_with_the_cg_reference():
     trainer = _trainer(UNROLL_CHECK)
     state = trainer.init_state()
-    trainer.open_window(state)
+    trainer.pt.open_window(trainer, state)
     pt = [trainer.data.batch("pretrain") for _ in range(2)]
     for batch in pt:
-        trainer.record(batch)
+        trainer.pt.record(state, batch)
         trainer.pt_step(state, batch)
     ft, val = [trainer.data.batch("finetune")] * 2, trainer.data.batch("objective")
     _, hg, _ = trainer.hypergradient(state, pt[-1], ft, val)
     cosine = trainer.check(state, hg)
-    _, v, direct = trainer.ft_unroll(state, ft, val)
+    _, v, direct = trainer.ft.through_ft(trainer, state, ft, val)
     reference, _ = ift(trainer.loss_pt, state.params, state.metas, pt[-1], v, trainer.pt_keys, cg,
                        {"iters": 500, "tol": 1e-12})
     expected = _cos(_flat(hg, ["w"]), _flat({"w": reference["w"] + direct["w"]}, ["w"]))
@@ -333,7 +333,7 @@ def test_lambda_max_and_the_residual_are_logged_and_exact():
     top = float(torch.linalg.eigvalsh(H).abs().max())
     assert abs(logged["lambda_max"] - top) / top < 1e-6
     assert abs(logged["neumann_alpha"] - 1 / logged["lambda_max"]) < 1e-12
-    _, v, _ = trainer.ft_unroll(state, ft, val)
+    _, v, _ = trainer.ft.through_ft(trainer, state, ft, val)
     v = torch.cat([t.flatten() for t in v])
     c = v.clone()
     for _ in range(3):                                            # (I - alpha H)^J v, J = terms

@@ -12,7 +12,7 @@ import torch
 
 from mptc.compiler.lower import compile_spec
 from mptc.runtime.estimators import ift
-from mptc.runtime.executor import Trainer
+from mptc.runtime.loop import Trainer
 from mptc.runtime.program import Program
 from mptc.runtime.solvers import cg, identity, neumann
 

@@ -185,15 +185,17 @@ def test_every_restart_starts_afresh():
     the estimator's running state (here Neumann's lambda_max, whose power iteration is seeded by the
     meta-step count) is reset with the data streams and the noise."""
     from mptc.runtime.data import Data
-    from mptc.runtime.executor import Trainer
+    from mptc.runtime.loop import Trainer
     from mptc.runtime.headlines import restarts
     from mptc.runtime.program import Program
     plan = compile_spec(ROTATION, "r.mpt")
     device = torch.device("cpu")
     trainer = Trainer(plan, Program(plan, device), Data(plan, device))
-    found = restarts(trainer, [30.0, 60.0, 30.0])
+    def protocol(inits):                                 # PROTOCOLS "restarts", after a main run's state
+        return restarts(trainer, "meta", None, 0.0, (), inits=inits)["restarts"]
+    found = protocol([30.0, 60.0, 30.0])
     assert found["finals"][0] == found["finals"][2] != 30.0
-    assert restarts(trainer, [30.0])["finals"] == found["finals"][:1]
+    assert protocol([30.0])["finals"] == found["finals"][:1]
     # each restart's path: the angle after every meta-step, ending at the final one
     assert [len(p) for p in found["paths"]] == [3, 3, 3]
     assert [p[-1] for p in found["paths"]] == [round(f, 3) for f in found["finals"]]
