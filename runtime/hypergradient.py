@@ -19,11 +19,11 @@ import collections
 
 import torch
 
-from mptc.components.registry import SOLVERS
-from mptc.compiler import ir
 from mptc.errors import RunError
 from mptc.runtime.estimators import ift, pt_loss_of, unroll_ft, unroll_pt
+from mptc.runtime.hvp import fastest
 from mptc.runtime.optim import clone_state
+from mptc.runtime.solvers import CG
 
 _ROR = "reverse-over-reverse"
 
@@ -57,10 +57,9 @@ class IFT(PTEstimator):
     """ESTIMATORS "ift": the implicit function theorem at the current PT parameters,
     hg = -p^T d2L_PT/dtheta dphi with p ~ (H + lambda I)^-1 v from the `solver` (runtime/estimators.ift)."""
 
-    def __init__(self, solver="neumann", hessian: str = "all", hessian_batch: int | None = None, hvp: str = _ROR,
+    def __init__(self, solver, hessian: str = "all", hessian_batch: int | None = None, hvp: str = _ROR,
                  fused: bool = False, mixed_batches: int = 1, mixed_mode: str = _ROR):
-        solver = solver or ir.Component("identity", {})
-        self.solver = SOLVERS.get(solver.name).load()(**solver.args)
+        self.solver = solver                            # a SOLVERS entry, built from `solver: ...` (loop.build)
         self.hessian, self.hessian_batch, self.hvp = hessian, hessian_batch, hvp
         self.keeps_last_step, self.mixed_batches, self.mixed_mode = fused, mixed_batches, mixed_mode
 
@@ -78,11 +77,9 @@ class IFT(PTEstimator):
             params, grads = state.est["kept"]
             g = [grads[trainer.pt_keys.index(k)] for k in keys]
         if state.est["hvp"] == "auto":                  # resolved once, on the first meta-step's state
-            from mptc.runtime.hvp import fastest
             state.est["hvp"] = fastest(pt_loss_of(trainer.loss_pt, state.params, state.metas, pt_batch, keys),
                                        trainer.sel(state.params, keys), [torch.ones_like(state.params[k]) for k in keys])
-        lr = trainer.plan.pretrain.optimizer.args["lr"]  # the published default alpha of a Neumann series
-        solve, args, prepare = self.solver.bind(lr, state.est, state.meta_step)
+        solve, args, prepare = self.solver.bind(trainer.pt_opt.lr, state.est, state.meta_step)  # lr: Neumann's alpha
         more = [b for b in state.est["recent"] if b is not pt_batch]
         return ift(trainer.loss_pt, params, state.metas, pt_batch, v, trainer.pt_keys, solve, args,
                    hessian_keys=keys, hvp=state.est["hvp"], hessian_batch=self.hessian_batch, prepare=prepare,
@@ -116,7 +113,7 @@ class Unroll(PTEstimator):
         """(L_val, v, direct) through K FT steps on the `update` modules, from the online FT state."""
         ft_state = trainer.ft_opt.init(trainer.sel(state.params, trainer.ft_keys))
         return unroll_ft(trainer.loss_ft, trainer.loss_val, state.params, state.metas, trainer.ft_keys,
-                         trainer.ft_opt, ft_state, trainer.plan.finetune.unroll, ft_batches, val_batch,
+                         trainer.ft_opt, ft_state, trainer.settings.K, ft_batches, val_batch,
                          wrt=trainer.pt_keys)
 
 
@@ -129,15 +126,15 @@ class Search(PTEstimator):
     def __init__(self, method: str = "random", trials: int = 8, low: float = -3.0, high: float = 3.0):
         self.method, self.trials, self.low, self.high = method, trials, low, high
 
-    def train(self, trainer, hook=None):
+    def train(self, trainer, on_trial=None):
         from mptc.runtime.search import search
-        return search(trainer, self.trials, self.low, self.high, hook)
+        return search(trainer, self.trials, self.low, self.high, on_trial)
 
 
 def reference(trainer, state, pt_batch, v):
     """The `check every` reference: IFT with CG to tolerance on the whole batch, exact products, at the
     loop's current theta, whatever the plan's estimator."""
-    exact = IFT(solver=ir.Component("cg", {"iters": 200, "damping": 0.0, "tol": 1e-8}))
+    exact = IFT(solver=CG(iters=200, tol=1e-8))
     return exact.through_pt(trainer, _Plain(state), pt_batch, v)
 
 

@@ -20,12 +20,9 @@ from typing import Callable
 import attrs
 import torch
 
-from mptc.compiler import ir
-from mptc.components.registry import ESTIMATORS
 from mptc.errors import RunError
-from mptc.runtime import optim
-from mptc.runtime.data import Data
-from mptc.runtime.program import Program
+from mptc.runtime.estimators import timed
+from mptc.runtime.hypergradient import reference
 
 
 @attrs.define
@@ -64,30 +61,37 @@ class MetaStep:
 Hook = Callable[[MetaStep, State], None]
 
 
-class Trainer:
-    """One plan's stages as functions of a State (the loop in `meta_train` owns the order). The plan's
-    estimators come from the ESTIMATORS registry: `pt` (through the PT stage) and `ft` (through the FT
-    stage), each an object of the interface docs/components.md describes."""
+@attrs.frozen
+class Settings:
+    """What the loop reads of the plan: the schedule (warmup, P, meta-steps, cycles), K, the seed, the
+    checks and each meta-parameter's bounds."""
 
-    def __init__(self, plan: ir.Plan, prog: Program, data: Data):
-        self.plan, self.prog, self.data = plan, prog, data
-        self.pt_keys = prog.keys_of(plan.pretrain.trains)
-        self.ft_keys = prog.keys_of(plan.finetune.trains)           # what the K unrolled FT steps update
+    warmup: int
+    P: int
+    meta_steps: int
+    reset_every: int
+    K: int
+    seed: int
+    max_nonfinite: int
+    check_every: int | None
+    bounds: dict
+
+
+class Stages:
+    """The stages as functions of a State (the loop in `meta_train` owns the order): the losses, which
+    parameters each stage trains (`pt_keys`, `ft_keys`, `shared`: the encoder), the optimizers, and the
+    estimators `pt` (through the PT stage) and `ft` (through the FT stage), objects of the interface
+    runtime/hypergradient.py describes. `prog` gives initial parameters (`init_params`, `init_metas`,
+    `draw_params`), `data` the batches (`batch(stream)`). Built from a plan by `Trainer`; a standalone
+    script (`mptc compile --emit python`) builds one from its own functions and runs this same loop."""
+
+    def __init__(self, settings: Settings, prog, data, losses, keys, optimizers, estimators):
+        self.settings, self.prog, self.data = settings, prog, data
+        self.loss_pt, self.loss_ft, self.loss_val = losses
+        self.pt_keys, self.ft_keys, self.shared = keys          # ft_keys: what the K unrolled FT steps update
         self.online_keys = [k for k in self.ft_keys if k not in set(self.pt_keys)]   # the FT head: online steps
-        self.shared = [k for k in self.pt_keys if k in set(prog.keys_of(self.encoder_modules()))]
-        self.loss_pt = prog.loss(plan.pretrain.loss)
-        self.loss_ft = prog.loss(plan.finetune.loss)
-        self.loss_val = prog.loss(plan.objective.expr)
-        self.pt_opt = optim.build(plan.pretrain.optimizer)
-        self.ft_opt = optim.build(plan.finetune.optimizer)
-        self.meta_opt = optim.build(plan.meta_optimizer)
-        methods = {e.stage: e.method for e in plan.estimators}
-        self.pt, self.ft = _estimator(methods["pretrain"]), _estimator(methods["finetune"])
-
-    def encoder_modules(self) -> list[str]:
-        """Modules both stages use: the pre-trained representation (theta)."""
-        ft_modules = set(_applied(self.plan.finetune.loss)) | set(_applied(self.plan.objective.expr))
-        return [m for m in self.plan.pretrain.trains if m in ft_modules]
+        self.pt_opt, self.ft_opt, self.meta_opt = optimizers
+        self.pt, self.ft = estimators
 
     def fresh_start(self, seed: int) -> None:
         """Back to where a run starts: batch streams, augmentation noise and torch's generator reseeded
@@ -109,7 +113,7 @@ class Trainer:
         from the run's seed and the cycle's number) with their optimizers' states anew; the
         meta-parameters, the meta-optimizer and the estimator's state carry on."""
         state.cycle += 1
-        fresh = self.init_state(self.prog.draw_params(1_000_003 * (self.plan.train.seed + 1) + state.cycle))
+        fresh = self.init_state(self.prog.draw_params(1_000_003 * (self.settings.seed + 1) + state.cycle))
         state.params, state.pt_opt, state.ft_opt = fresh.params, fresh.pt_opt, fresh.ft_opt
 
     @staticmethod
@@ -159,7 +163,6 @@ class Trainer:
     def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):
         """(L_val, {meta: dL_val/dphi}, info): through the FT stage (v = dL_val/dtheta and the direct
         term), then through the PT stage."""
-        from mptc.runtime.estimators import timed
         (l_val, v, direct), t_ft = timed(self.ft.through_ft, self, state, ft_batches, val_batch)
         hg, info = self.pt.through_pt(self, state, pt_batch, v)
         state.est["last"] = (pt_batch, v, direct)       # what `check` compares against
@@ -169,7 +172,6 @@ class Trainer:
     def check(self, state: State, hg: dict) -> float:
         """Cosine of the estimate `hg` to the reference (IFT with CG to tolerance, exact products) on the
         same batches and state, whatever the plan's PT estimator."""
-        from mptc.runtime.hypergradient import reference
         pt_batch, v, direct = state.est["last"]
         ref, _ = reference(self, state, pt_batch, v)
         a = torch.cat([hg[n].flatten() for n in ref]).double()
@@ -182,32 +184,12 @@ class Trainer:
         with torch.no_grad():
             new, state.meta_opt = self.meta_opt.update([state.metas[n] for n in names],
                                                        [hg[n] for n in names], state.meta_opt)
-        bounds = {m.name: m.bounds for m in self.plan.metas}
+        bounds = self.settings.bounds
         state.metas = {n: _clamp(t, bounds.get(n)).detach().requires_grad_() for n, t in zip(names, new)}
-
-
-def _estimator(method: ir.Component):
-    """The estimator object a plan's `hypergradient` entry names, built through the registry."""
-    comp = ESTIMATORS.get(method.name)
-    return comp.load()(**method.args)
 
 
 def _clamp(t, bounds):
     return t if bounds is None else t.clamp(*bounds)
-
-
-def _applied(e) -> list[str]:
-    """Modules applied anywhere in an IR expression."""
-    if isinstance(e, ir.Apply):
-        return [e.module, *_applied(e.arg)]
-    if attrs.has(type(e)):
-        out = []
-        for f in attrs.fields(type(e)):
-            child = getattr(e, f.name)
-            for c in child if isinstance(child, tuple) else (child,):
-                out += _applied(c)
-        return out
-    return []
 
 
 def _norm(hg: dict) -> float:
@@ -235,7 +217,7 @@ def schedule(warmup: int, P: int, meta_steps: int, reset_every: int = 0):
         done += cycle
 
 
-def meta_train(trainer: Trainer, state: State, hook: Hook | None = None, mode: str = "meta") -> State:
+def meta_train(trainer: Stages, state: State, hook: Hook | None = None, mode: str = "meta") -> State:
     """The outer loop: PT steps, FT online steps and, every P steps, a meta-step; `hook(record, state)`
     after each meta-step.
 
@@ -243,10 +225,9 @@ def meta_train(trainer: Trainer, state: State, hook: Hook | None = None, mode: s
     (and, with `train reset_every`, the resets: the other modes run the same number of steps as a
     meta run without them)."""
     meta = mode == "meta"
-    plan, data, pt = trainer.plan, trainer.data, trainer.pt
-    K, check_every, max_nonfinite = plan.finetune.unroll, plan.hg_check_every, plan.train.max_nonfinite
-    steps = schedule(plan.train.warmup, plan.pretrain.steps, plan.train.meta_steps,
-                     plan.train.reset_every if meta else 0)
+    run, data, pt = trainer.settings, trainer.data, trainer.pt
+    K, check_every, max_nonfinite = run.K, run.check_every, run.max_nonfinite
+    steps = schedule(run.warmup, run.P, run.meta_steps, run.reset_every if meta else 0)
     t0, t_pt, pt_losses = time.perf_counter(), 0.0, []
     for step, (reset, opens, meta_step) in enumerate(steps, 1):
         # ---- PT step (meta-parameters fixed) ---------------------------------------------------
@@ -287,3 +268,61 @@ def meta_train(trainer: Trainer, state: State, hook: Hook | None = None, mode: s
                           round(time.perf_counter() - t0, 4), round(t_pt, 6), cosine), state)
         pt_losses, t_pt = [], 0.0
     return state
+
+
+# ---- a plan's stages (what `mptc run` builds; not part of the loop a standalone script copies) ---------
+class Trainer(Stages):
+    """The stages of a plan: its losses compiled by the Program, its optimizers and its estimators built
+    through their registries (a `call:` argument, such as `ift`'s solver, built through its own)."""
+
+    def __init__(self, plan, prog, data):
+        from mptc.runtime import optim
+        self.plan = plan
+        pt_keys, ft_keys = prog.keys_of(plan.pretrain.trains), prog.keys_of(plan.finetune.trains)
+        shared = [k for k in pt_keys if k in set(prog.keys_of(encoder_modules(plan)))]
+        methods = {e.stage: e.method for e in plan.estimators}
+        settings = Settings(plan.train.warmup, plan.pretrain.steps, plan.train.meta_steps, plan.train.reset_every,
+                            plan.finetune.unroll, plan.train.seed, plan.train.max_nonfinite, plan.hg_check_every,
+                            {m.name: m.bounds for m in plan.metas})
+        super().__init__(settings, prog, data,
+                         (prog.loss(plan.pretrain.loss), prog.loss(plan.finetune.loss), prog.loss(plan.objective.expr)),
+                         (pt_keys, ft_keys, shared),
+                         tuple(optim.build(c) for c in (plan.pretrain.optimizer, plan.finetune.optimizer,
+                                                        plan.meta_optimizer)),
+                         (build("estimator", methods["pretrain"]), build("estimator", methods["finetune"])))
+
+    def encoder_modules(self) -> list[str]:
+        return encoder_modules(self.plan)
+
+
+def build(kind: str, component):
+    """The object a registry entry builds from an IR Component's arguments; an argument that is itself a
+    component (a `call:KIND` parameter, e.g. `ift(solver: cg(...))`) is built first, through its registry."""
+    from mptc.components.registry import ALL
+    comp = ALL[kind].get(component.name)
+    args = dict(component.args)
+    for p in comp.params:
+        if p.kind.startswith("call:") and args.get(p.name) is not None:
+            args[p.name] = build(p.kind[5:], args[p.name])
+    return comp.load()(**comp.runtime_args(args))
+
+
+def encoder_modules(plan) -> list[str]:
+    """Modules both stages use: the pre-trained representation (theta)."""
+    ft_modules = set(_applied(plan.finetune.loss)) | set(_applied(plan.objective.expr))
+    return [m for m in plan.pretrain.trains if m in ft_modules]
+
+
+def _applied(e) -> list[str]:
+    """Modules applied anywhere in an IR expression."""
+    from mptc.compiler import ir
+    if isinstance(e, ir.Apply):
+        return [e.module, *_applied(e.arg)]
+    if attrs.has(type(e)):
+        out = []
+        for f in attrs.fields(type(e)):
+            child = getattr(e, f.name)
+            for c in child if isinstance(child, tuple) else (child,):
+                out += _applied(c)
+        return out
+    return []
