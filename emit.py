@@ -1,16 +1,18 @@
 """`mptc compile SPEC --emit python`: a standalone PyTorch script that performs the same run as `mptc run`.
 
-The script needs torch and nothing of mptc: the runtime code it uses (the data generators, the models,
-the loss functions, the optimizers, the linear solver, the FT unroll and the IFT estimator) is copied
-into it from mptc's own modules, each definition with the module-level definitions it refers to, in the
-order of its module; the spec's expressions become Python functions; templates/standalone.py.j2 holds
-the meta-training loop, a line-by-line twin of `runtime/executor.py`'s `meta_train`. At the same seed
-and device the script's meta.json equals `mptc run`'s.
+The script needs torch and nothing of mptc: the runtime code it uses is copied into it from mptc's own
+modules, each definition with the module-level definitions it refers to, in the order of its module —
+the data generators, the models, the optimizers, the solvers, the estimators (runtime/hypergradient.py,
+built from the plan's arguments as runtime/loop.build builds them) and the loop itself (runtime/loop.py:
+`Stages`, `State`, `meta_train`), so the script runs the very loop `mptc run` runs, not a twin of it. The
+spec's expressions become Python functions, and templates/standalone.py.j2 holds what the loop asks of
+mptc's Program and Data (initial parameters, batches) and the main function. At the same seed and device
+the script's meta.json equals `mptc run`'s.
 
-Supported (clear errors otherwise): synthetic data, mlp/linear models and heads, the loss vocabulary,
-sgd/adam, PT `ift` with the neumann (explicit, default or auto scale), cg or identity solver and any hvp mode
-but `auto`, not fused; FT `unroll`; no `augment`, no network or factored meta-parameters, no `search`,
-no `train reset_every` (cycles).
+Supported (clear errors otherwise, listed in docs/python.md): synthetic data, mlp/linear models and heads
+without dropout, the loss vocabulary, sgd/adam, scalar and vector meta-parameters, the `ift` and `unroll`
+estimators with every option (solvers, fused, hvp modes, mixed terms, `check every`, cycles); no
+`augment`, no network meta-parameters, no `search`, no evaluation (the script meta-trains).
 
     >>> from mptc.compiler.lower import QUICKSTART, compile_spec
     >>> script = emit_python(compile_spec(open(QUICKSTART).read(), QUICKSTART), "quickstart.mpt")
@@ -34,11 +36,12 @@ from mptc.errors import RunError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Modules whose definitions may be copied; each must need only math, typing, torch (and attrs, rewritten)
-EMBEDDABLE = ("mptc.runtime.datasets", "mptc.runtime.models", "mptc.runtime.optim", "mptc.runtime.solvers",
-              "mptc.runtime.hvp", "mptc.runtime.estimators")  # in the order the script defines them
+EMBEDDABLE = ("mptc.errors", "mptc.runtime.datasets", "mptc.runtime.models", "mptc.runtime.optim",
+              "mptc.runtime.solvers", "mptc.runtime.hvp", "mptc.runtime.estimators", "mptc.runtime.hypergradient",
+              "mptc.runtime.loop")  # in the order the script defines them
 SUPPORTED_DATA = ("synthetic.multitask", "synthetic.multitask_ft")
 SUPPORTED_MODULES = ("mlp", "linear")
-SUPPORTED_SOLVERS = ("neumann", "cg", "identity")
+SUPPORTED_ESTIMATORS = ("ift", "unroll")
 
 
 class EmitError(RunError):
@@ -202,7 +205,12 @@ def _duplicate(text: str, blocks) -> bool:
 def _without_attrs(code: str) -> str:
     """attrs (a dependency of mptc, not of the script) rewritten to the standard library's dataclasses."""
     code = code.replace("@attrs.frozen(eq=False)", "@dataclasses.dataclass(frozen=True, eq=False)")
+    code = re.sub(r"^@attrs\.frozen$", "@dataclasses.dataclass(frozen=True)", code, flags=re.M)
+    code = re.sub(r"^@attrs\.define$", "@dataclasses.dataclass", code, flags=re.M)
+    code = code.replace("attrs.Factory(dict)", "dataclasses.field(default_factory=dict)")
     code = code.replace("attrs.evolve(", "dataclasses.replace(")
+    if re.search(r"^\s*(from|import) mptc\b", code, flags=re.M):   # the script needs torch alone
+        raise EmitError("emit python: copied code imports mptc inside a function")
     if re.search(r"\battrs\.", code):
         raise EmitError("emit python: copied code uses attrs in a way it cannot rewrite")
     return code
@@ -299,8 +307,8 @@ def _require(ok: bool, what: str) -> None:
                         "sgd/adam, ift with neumann/cg/identity, FT unroll)")
 
 
-def _check_plan(plan: ir.Plan) -> dict:
-    """The PT estimator's arguments, after checking every part of the plan is supported."""
+def _check_plan(plan: ir.Plan) -> None:
+    """Refuses (EmitError, exit 2) a plan with a part outside the supported subset (module docstring)."""
     for d in plan.datasets:
         _require(d.source.name in SUPPORTED_DATA, f"data '{d.source.name}'")
     for m in plan.modules:
@@ -308,35 +316,24 @@ def _check_plan(plan: ir.Plan) -> dict:
         _require(not m.component.args.get("dropout"), "dropout")
     for m in plan.metas:
         _require(m.kind in ("scalar", "vector"), f"{m.kind} meta-parameters")
-    _require(not 0 < plan.train.reset_every < plan.train.meta_steps, "train reset_every")
-    est = {e.stage: e.method for e in plan.estimators}
-    _require(est["finetune"].name == "unroll", f"FT estimator '{est['finetune'].name}'")
-    _require(est["pretrain"].name == "ift", f"PT estimator '{est['pretrain'].name}'")
-    args = est["pretrain"].args
-    _require(not args.get("fused"), "ift(fused: true)")
-    _require(args.get("hvp") != "auto", "ift(hvp: auto)")
-    solver = args.get("solver") or ir.Component("identity", {})
-    _require(solver.name in SUPPORTED_SOLVERS, f"solver '{solver.name}'")
-    return args
+    for e in plan.estimators:
+        _require(e.method.name in SUPPORTED_ESTIMATORS, f"{e.stage} estimator '{e.method.name}'")
 
 
-def _solver(args: dict, plan: ir.Plan) -> tuple[str, dict]:
-    """The solver's name and the arguments the executor passes it (same defaults, same removals)."""
-    solver = args.get("solver") or ir.Component("identity", {})
-    kept = {k: v for k, v in solver.args.items() if v is not None}
-    if solver.name == "neumann":
-        kept.setdefault("scale", plan.pretrain.optimizer.args["lr"])
-    for option in ("rescale_every", "power_iters") + (("scale",) if kept.get("scale") == "auto" else ()):
-        kept.pop(option, None)
-    return solver.name, kept
-
-
-def _auto_scale(args: dict) -> dict | None:
-    """`neumann(scale: auto)`: how often and with how many products lambda_max is estimated, else None."""
-    solver = args.get("solver")
-    if solver is None or solver.name != "neumann" or solver.args.get("scale") != "auto":
-        return None
-    return {"every": solver.args["rescale_every"], "iters": solver.args["power_iters"]}
+def _built(kind: str, comp: ir.Component, emb: "Embedder") -> Code:
+    """`Entry(arg=..., ...)`: the object registry `kind`'s entry builds from `comp` (as runtime/loop.build
+    does), its implementation copied into the script; a `call:` argument built the same way first."""
+    from mptc.components.registry import ALL
+    entry = ALL[kind].get(comp.name)
+    args, nested = {}, []
+    for p in entry.params:
+        value = comp.args.get(p.name)
+        if p.kind.startswith("call:") and value is not None:
+            nested.append(f"{_ident(p.name)}={_built(p.kind[5:], value, emb)}")
+        elif not p.compile_only:
+            args[p.name] = value
+    call = _component_call(ir.Component(comp.name, args), emb.target(entry.target), ", ".join(nested))
+    return Code(call)
 
 
 # ---- the script ----------------------------------------------------------------------------------------
@@ -373,18 +370,11 @@ def _component_call(comp: ir.Component, name: str, extra: str = "") -> Code:
     return Code(f"{_ident(name)}({', '.join(args)})")
 
 
-def _applied(e) -> list[str]:
-    """Modules applied anywhere in an IR expression."""
-    if isinstance(e, ir.Apply):
-        return [e.module, *_applied(e.arg)]
-    children = [getattr(e, f.name) for f in attrs.fields(type(e))] if attrs.has(type(e)) else []
-    return [m for c in children for item in (c if isinstance(c, tuple) else (c,)) for m in _applied(item)]
-
-
 def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     """The standalone script for a plan; raises EmitError for a plan outside the supported subset."""
-    from mptc.components.registry import DATASETS, HEADS, MODELS, OPTIMIZERS, SOLVERS
-    est_args = _check_plan(plan)
+    from mptc.components.registry import DATASETS, HEADS, MODELS, OPTIMIZERS
+    from mptc.runtime.loop import encoder_modules
+    _check_plan(plan)
     emb, fns = Embedder(), {}
     expr = _Expr(fns)
     datasets = []
@@ -405,32 +395,21 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     for key, comp in (("pretrain", plan.pretrain.optimizer), ("finetune", plan.finetune.optimizer),
                       ("meta", plan.meta_optimizer)):
         optimizers[key] = _component_call(comp, emb.target(OPTIMIZERS.get(comp.name).target))
-    solver_name, solver_args = _solver(est_args, plan)
-    solver_fn = emb.target(f"mptc.runtime.solvers:{solver_name}")   # the pure series behind the entry
-    for name in ("unroll_ft", "ift"):
-        emb.want("mptc.runtime.estimators", name)
-    auto_scale = _auto_scale(est_args)
-    if auto_scale:
-        emb.want("mptc.runtime.hvp", "power_iteration")
+    methods = {e.stage: e.method for e in plan.estimators}
+    estimators = {stage: _built("estimator", methods[stage], emb) for stage in ("pretrain", "finetune")}
+    for name in ("Settings", "Stages", "meta_train"):            # the loop itself, as mptc runs it
+        emb.want("mptc.runtime.loop", name)
     lets = [{"name": let.name, "code": Code(_top(expr(let.expr))), "meta_only": let.meta_only} for let in plan.lets]
     losses = {"pretrain": Code(_top(expr(plan.pretrain.loss))), "finetune": Code(_top(expr(plan.finetune.loss))),
               "objective": Code(_top(expr(plan.objective.expr)))}
     return _environment().get_template("standalone.py.j2").render(
         plan=plan, spec_path=spec_path, blocks=[(m, Code(code)) for m, code in emb.render()],
         functions=Code("\n\n\n".join(fns.values())), datasets=datasets, modules=modules, optimizers=optimizers,
-        solver=Code(_ident(solver_fn)), solver_args=solver_args,
-        hessian=est_args.get("hessian", "all"), hvp=est_args.get("hvp", "reverse-over-reverse"),
-        hessian_batch=est_args.get("hessian_batch"), auto_scale=auto_scale, lets=lets, losses=losses, encoder=_encoder(plan),
+        estimators=estimators, lets=lets, losses=losses, encoder=encoder_modules(plan),
         metas=[{"name": m.name, "shape": Code(literal(() if m.kind == "scalar" else (m.size,))), "init": m.init}
                for m in plan.metas], bounds={m.name: list(m.bounds) for m in plan.metas if m.bounds},
         refs={"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data},
     )
-
-
-def _encoder(plan: ir.Plan) -> list[str]:
-    """The modules PT trains that FT or the meta-objective also use (executor.Trainer.encoder_modules)."""
-    used = set(_applied(plan.finetune.loss)) | set(_applied(plan.objective.expr))
-    return [m for m in plan.pretrain.trains if m in used]
 
 
 class _Ref(str):

@@ -192,7 +192,7 @@ def _clamp(t, bounds):
     return t if bounds is None else t.clamp(*bounds)
 
 
-def _norm(hg: dict) -> float:
+def _hg_norm(hg: dict) -> float:
     return math.sqrt(sum(float((g * g).sum()) for g in hg.values()))
 
 
@@ -252,7 +252,7 @@ def meta_train(trainer: Stages, state: State, hook: Hook | None = None, mode: st
         state.meta_step = meta_step
         ft_batches = [data.batch("finetune") for _ in range(K)]
         l_val, hg, info = trainer.hypergradient(state, pt_batch, ft_batches, data.batch("objective"))
-        norm = _norm(hg)
+        norm = _hg_norm(hg)
         cosine = trainer.check(state, hg) if check_every and meta_step % check_every == 0 else None
         # ---- meta-step (skipped on a non-finite hypergradient) ---------------------------------
         skipped = not math.isfinite(norm) or not math.isfinite(float(l_val))

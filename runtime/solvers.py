@@ -5,6 +5,8 @@ parameter); `matvec` is a Hessian-vector product. `info` reports iterations and 
 ||H p - v|| / ||v|| when it was computed along the way.
 
     >>> import torch
+
+from mptc.runtime.hvp import power_iteration
     >>> A = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
     >>> p, info = cg(lambda v: [A @ v[0]], [torch.tensor([2.0, 4.0])])
     >>> p[0].tolist()
@@ -13,6 +15,8 @@ parameter); `matvec` is a Hessian-vector product. `info` reports iterations and 
 from __future__ import annotations
 
 import torch
+
+from mptc.runtime.hvp import power_iteration
 
 
 def _dot(a, b):
@@ -88,7 +92,6 @@ class Neumann:
             return neumann, {"terms": self.terms, "scale": lr if self.scale is None else self.scale}, None
 
         def prepare(hvp, like):
-            from mptc.runtime.hvp import power_iteration
             if est.get("lam_max") is None or (meta_step - 1) % self.rescale_every == 0:
                 est["lam_max"] = max(power_iteration(hvp, like, self.power_iters, seed=meta_step), 1e-12)
             return {"scale": 1.0 / est["lam_max"]}, {"lambda_max": est["lam_max"]}
