@@ -502,3 +502,81 @@ def test_train_counts_beyond_any_run_are_errors(option, message):
 def test_an_index_selects_along_the_first_axis():
     plan = compile_spec(edit("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w[3]) + 0 * w"), P)
     assert plan.lets[0].meta_only
+
+
+# ---- lowering is total: every AST node type reaches the plan, or the checker rejects it ---------------
+def _ir_text(text):
+    import json
+    from mptc.compiler.ir import to_json
+    return json.dumps(to_json(compile_spec(text, P)), sort_keys=True)
+
+
+_SCALAR = "meta w: vector[4] = 0.0"
+TOTAL = {  # AST class -> a change of BASE that uses it (None: BASE itself uses it)
+    "Number": ("let tw = 2 * sigmoid(w)", "let tw = 3 * sigmoid(w)"),
+    "String": ("head ft_head = linear(out: 2)", 'head ft_head = linear(out: 2)\nspec s "a description"'),
+    "Ref": ("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w) + w"),
+    "Kwarg": ("linear(out: 2)", "linear(out: 2, bias: false)"),
+    "Call": ("let tw = 2 * sigmoid(w)", "let tw = 2 * softplus(w)"),
+    "BinOp": ("let tw = 2 * sigmoid(w)", "let tw = 2 + sigmoid(w)"),
+    "Neg": ("let tw = 2 * sigmoid(w)", "let tw = -2 * sigmoid(w)"),
+    "Index": ("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w[1]) + 0 * w"),
+    "ListExpr": ("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: [8, 8, 4])"),
+    "Ident": ("unroll 1 update ft_head", "unroll 1 update ft_head, encoder"),
+    "SpecHeader": ("head ft_head = linear(out: 2)", 'head ft_head = linear(out: 2)\nspec renamed'),
+    "SplitPart": ("split train 0.5, val 0.5", "split train 0.6, val 0.4"),
+    "DataDecl": ("data pt = synthetic.multitask(examples: 64,", "data pt = synthetic.multitask(examples: 80,"),
+    "ModelDecl": ("model encoder = mlp(hidden: [8, 4])", "model encoder = linear(out: 4)"),
+    "HeadDecl": ("head pt_head = linear(out: 4)", "head pt_head = mlp(hidden: [3], out: 4)"),
+    "ScalarType": (_SCALAR, "meta w: scalar = 0.0"),
+    "VectorType": (_SCALAR, "meta w: vector[1] = 0.0"),
+    "NetworkType": ("let tw = 2 * sigmoid(w)", "meta n: network mlp(hidden: [2, 1])\n"
+                    "let tw = 2 * sigmoid(w) * mean(n(x))"),
+    "FactoredType": "unsupported",
+    "MetaDecl": (_SCALAR, "meta w: vector[4] = 0.5 in [0, 1]"),
+    "LetDecl": ("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w)\nlet unused = 1"),
+    "DataClause": ("data pt batch 16", "data pt batch 8"),
+    "LossClause": ("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss sum(tw * bce(pt_head(encoder(x)), y))"),
+    "OptimizerClause": ("data pt batch 16", "data pt batch 16\n  optimizer sgd(lr: 0.1)"),
+    "StepsClause": ("data pt batch 16", "data pt batch 16\n  steps 3"),
+    "UnrollClause": ("unroll 1 update ft_head", "unroll 2 update ft_head"),
+    "AugmentClause": ("data pt batch 16", "data pt batch 16\n  augment jitter(std: 0.1)"),
+    "SampleClause": "unsupported", "WeightsClause": "unsupported", "EndTaskWeightClause": "unsupported",
+    "Stage": None,
+    "Factor": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nspace s = a{p, q}"),
+    "Condition": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nspace s = a{p, q} exclude a == p"),
+    "Exclude": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nspace s = a{p, q} exclude a in {p}"),
+    "SpaceDecl": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nspace s = a{p}"),
+    "ObjectiveDecl": ("meta_objective mean(", "meta_objective sum("),
+    "HgEntry": ("meta_objective mean(", "hypergradient pretrain: ift(cg)\nmeta_objective mean("),
+    "HypergradientDecl": ("meta_objective mean(", "hypergradient finetune: unroll check every 3\nmeta_objective mean("),
+    "MetaOptimizerDecl": ("meta_objective mean(", "meta_optimizer sgd(lr: 1)\nmeta_objective mean("),
+    "Option": ("meta_objective mean(", "train seed 4\nmeta_objective mean("),
+    "TrainDecl": ("meta_objective mean(", "train warmup 3\nmeta_objective mean("),
+    "EvaluateDecl": ("meta_objective mean(", "evaluate restarts(inits: [0])\nmeta_objective mean("),
+    "Spec": None,
+}
+AANG_STAGE = AANG  # the `auxiliary` block (a Stage) with its sample/weights/end_task_weight clauses
+
+
+def test_every_ast_node_type_is_lowered_or_rejected():
+    """A node type the grammar builds either changes the plan when a spec uses it (it is lowered, not
+    dropped), or is a located `unsupported` error; a new node type without an entry here fails."""
+    import attrs as _attrs
+    from mptc.compiler import ast as A
+    kinds = {n for n, v in vars(A).items() if isinstance(v, type) and _attrs.has(v) and v.__module__ == A.__name__}
+    assert kinds == set(TOTAL)
+    base = _ir_text(BASE)
+    for name, change in TOTAL.items():
+        if change == "unsupported":
+            errors = errors_of(BASE + AANG_STAGE)
+            assert any(isinstance(e, Unsupported) for e in errors), name
+        elif change is not None:
+            assert _ir_text(edit(*change)) != base, f"{name} is not lowered into the plan"
+
+
+def test_baselines_with_a_protocol_that_compares_none_are_a_located_error():
+    """`evaluate restarts(...) against pretrain, cotrain` passed check and its baselines never ran."""
+    errors = errors_of(BASE + "evaluate restarts(inits: [0, 1]) against pretrain, cotrain\n")
+    assert [(e.span.line, e.span.col, e.message) for e in errors] == [
+        (BASE.count("\n") + 1, 43, "restarts compares no baselines: drop 'against pretrain, cotrain'")]
