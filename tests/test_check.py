@@ -579,4 +579,4 @@ def test_baselines_with_a_protocol_that_compares_none_are_a_located_error():
     """`evaluate restarts(...) against pretrain, cotrain` passed check and its baselines never ran."""
     errors = errors_of(BASE + "evaluate restarts(inits: [0, 1]) against pretrain, cotrain\n")
     assert [(e.span.line, e.span.col, e.message) for e in errors] == [
-        (BASE.count("\n") + 1, 43, "restarts compares no baselines: drop 'against pretrain, cotrain'")]
+        (BASE.count("\n") + 1, 42, "restarts compares no baselines: drop 'against pretrain, cotrain'")]
