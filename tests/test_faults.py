@@ -19,22 +19,9 @@ from mptc.sources import read_spec as _read
 from mptc.errors import RunError
 from mptc.runtime import executor, rundir
 
-TINY = """
-spec tiny "a tiny run"
-data pt = synthetic.multitask(examples: 256, dim: 8, tasks: 12, related: 4, adversarial: 2, seed: 0)
-data ft = synthetic.multitask_ft(of: pt, examples: 240, tasks: 2, seed: 1) split train 0.4, val 0.3, test 0.3
-model encoder = mlp(hidden: [16, 4])
-head pt_head = linear(out: 12)
-head ft_head = linear(out: 2)
-meta w: vector[12] = 0.0
-let task_weight = 2 * sigmoid(w)
-pretrain { data pt batch 32  loss mean(task_weight * bce(pt_head(encoder(x)), y))  steps 2 }
-finetune { data ft.train batch 32  loss mean(bce(ft_head(encoder(x)), y))  unroll 1 }
-meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
-meta_optimizer adam(lr: 0.1)
-train meta_steps 3 warmup 2 seed 0 device cpu log_every 2
-evaluate finetune(epochs: 2, seeds: 2) against no_pretrain
-"""
+from tests.conftest import tiny_spec  # noqa: E402
+
+TINY = tiny_spec(meta_steps=3, log_every=2, against="no_pretrain")
 MPTC = [sys.executable, "-m", "mptc"]
 
 

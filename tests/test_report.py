@@ -17,22 +17,9 @@ from mptc.runtime.artifacts import example_weights, weighting_expr
 from mptc.runtime.data import Data
 from mptc.runtime.program import Ctx, Program
 
-TINY = """
-spec tiny "a tiny run"
-data pt = synthetic.multitask(examples: 256, dim: 8, tasks: 12, related: 4, adversarial: 2, seed: 0)
-data ft = synthetic.multitask_ft(of: pt, examples: 240, tasks: 2, seed: 1) split train 0.4, val 0.3, test 0.3
-model encoder = mlp(hidden: [16, 4])
-head pt_head = linear(out: 12)
-head ft_head = linear(out: 2)
-meta w: vector[12] = 0.0
-let task_weight = 2 * sigmoid(w)
-pretrain { data pt batch 32  loss mean(task_weight * bce(pt_head(encoder(x)), y))  steps 2 }
-finetune { data ft.train batch 32  loss mean(bce(ft_head(encoder(x)), y))  unroll 1 }
-meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
-meta_optimizer adam(lr: 0.1)
-train meta_steps 4 warmup 2 seed 0 device cpu log_every 1
-evaluate finetune(epochs: 2, seeds: 2) against pretrain
-"""
+from tests.conftest import tiny_spec  # noqa: E402
+
+TINY = tiny_spec(meta_steps=4, log_every=1, against="pretrain")
 
 NET = """
 spec net "a weighting network"
