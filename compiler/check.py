@@ -18,7 +18,7 @@ import attrs
 from mptc.compiler import ast
 from mptc.compiler.language import CLAUSE_NAME, NAMED, SINGLE_KEYWORD, STAGE_CLAUSES
 from mptc.compiler.space import expand
-from mptc.compiler.values import check_args, check_component, fits_float, fold
+from mptc.compiler.values import check_args, check_component, defaults, fits_float, fold
 from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
                          SpecErrors, UnknownComponent, UnknownName, Unsupported, UnusedMeta, did_you_mean)
 from mptc.components.catalog import ESTIMATOR_DEFAULTS
@@ -35,9 +35,18 @@ TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1, max=10 ** 8), Param("war
                  Param("reset_every", "int", 0, min=0,
                        doc="meta-steps per cycle: then the PT model and FT head restart from new initial values "
                            "and warm up again (0: never)"))
-DEFAULT_OPTIMIZER = {"pretrain": {"name": "adam", "args": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-                                                           "weight_decay": 0.0}},
-                     "finetune": {"name": "sgd", "args": {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}}}
+# The optimizer of a stage (or of the meta-parameters) that names none: the registry's defaults with these
+# arguments (the published ones: Adam for PT, SGD 0.1 for the FT head, Adam lr 1 for task weights).
+DEFAULT_OPTIMIZER = {"pretrain": ("adam", {}), "finetune": ("sgd", {"lr": 0.1}), "meta": ("adam", {"lr": 1.0})}
+
+
+def default_optimizer(kind: str) -> dict:
+    """{"name", "args"} of the default optimizer of `kind` (pretrain, finetune or meta)."""
+    name, given = DEFAULT_OPTIMIZER[kind]
+    checked = defaults(OPTIMIZERS, name)
+    return {"name": name, "args": {**checked["args"], **given}}
+
+
 INPUTS = ("x", "y")
 
 

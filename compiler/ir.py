@@ -223,8 +223,8 @@ class Train:
     seed: int
     device: str
     log_every: int
-    max_nonfinite: int = 5
-    reset_every: int = 0
+    max_nonfinite: int
+    reset_every: int
 
 
 @frozen

@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 
 from mptc.compiler import ast, ir
-from mptc.compiler.check import DEFAULT_OPTIMIZER, TRAIN_OPTIONS, Checked, _calls, _free, check
+from mptc.compiler.check import TRAIN_OPTIONS, Checked, _calls, _free, check, default_optimizer
 from mptc.compiler.parse import parse
 from mptc.compiler.values import check_value, defaults, fold
 from mptc.components.catalog import ESTIMATOR_DEFAULTS
@@ -22,8 +22,6 @@ from mptc.components.registry import ESTIMATORS
 QUICKSTART = str(Path(__file__).resolve().parent.parent / "specs" / "quickstart.mpt")
 DEFAULT_BATCH = 128
 DEFAULT_STEPS = {"pretrain": 10, "finetune": 1}
-DEFAULT_META_OPTIMIZER = ir.Component("adam", {"lr": 1.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-                                               "weight_decay": 0.0})
 
 
 def _component(checked: dict | None) -> ir.Component | None:
@@ -101,7 +99,7 @@ class _Lower:
         """(data, loss, optimizer) of a stage; an `augment` clause wraps the loss (x augmented first)."""
         found = self.c.stages[kind]
         optimizer = (_component(self.c.args[id(found["optimizer"].call)]) if "optimizer" in found
-                     else _component(DEFAULT_OPTIMIZER[kind]))
+                     else _component(default_optimizer(kind)))
         loss = self.expr(found["loss"].expr)
         if "augment" in found:
             loss = self.augmented(found["augment"].call, loss)
@@ -172,7 +170,7 @@ class _Lower:
             finetune=self.finetune(),
             objective=ir.Objective(self.expr(objective.expr), self.data_ref(objective.on, ft_batch)),
             estimators=tuple(self.estimators()),
-            meta_optimizer=_component(self.c.args[id(meta_opt.call)]) if meta_opt else DEFAULT_META_OPTIMIZER,
+            meta_optimizer=_component(self.c.args[id(meta_opt.call)] if meta_opt else default_optimizer("meta")),
             train=self.train(),
             evaluate=self.evaluate(),
             hg_check_every=hg.check_every if hg else None,

@@ -53,3 +53,21 @@ def test_a_mismatched_builtin_fails_at_first_load(monkeypatch):
     comp = Component("model", "odd", (Param("width", "int"),), "mptc.runtime.models:linear")
     with pytest.raises(DeclarationError, match="'width' is declared"):
         comp.load()
+
+
+def test_name_lists_declared_in_the_catalog_are_the_runtimes():
+    """Choices the checker accepts are the ones the implementation knows (no second list to drift)."""
+    from mptc.components.catalog import HVP_MODES, _ACTS
+    from mptc.runtime.hvp import MODES
+    from mptc.runtime.models import _ACTIVATIONS
+    assert set(_ACTS) == set(_ACTIVATIONS)
+    assert set(HVP_MODES) == set(MODES) | {"auto"}
+
+
+def test_a_stage_without_an_optimizer_gets_the_registrys_defaults():
+    from mptc.compiler.check import default_optimizer
+    from mptc.components.registry import OPTIMIZERS
+    adam = {p.name: p.default for p in OPTIMIZERS.get("adam").params}
+    assert default_optimizer("pretrain") == {"name": "adam", "args": adam}
+    assert default_optimizer("meta")["args"] == {**adam, "lr": 1.0}
+    assert default_optimizer("finetune")["args"]["lr"] == 0.1
