@@ -246,7 +246,7 @@ class Spec:
         import my_package.components
         """
         from mptc.components.plugins import is_file
-        source = ast.String(_S, code) if is_file(code) or code.endswith(".py") else E(code).node
+        source = ast.String(_S, code) if is_file(code) else E(code).node
         at = next((i for i, item in enumerate(self.items) if not isinstance(item, (ast.SpecHeader, ast.ImportDecl))),
                   len(self.items))
         self.items.insert(at, ast.ImportDecl(_S, source))

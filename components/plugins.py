@@ -44,12 +44,12 @@ class PluginProblem(Exception):
 
 
 def is_file(target: str) -> bool:
-    """Whether a `--plugin` target names a file (a path ending in .py) rather than a module."""
-    return target.endswith(".py") and ("/" in target or os.sep in target or not _dotted(target[:-3]))
+    """Whether a `--plugin` target names a file (a path ending in .py) rather than a module.
 
-
-def _dotted(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name))
+        >>> is_file("components.py"), is_file("lib/x.py"), is_file("my_package.components")
+        (True, True, False)
+    """
+    return target.endswith(".py")
 
 
 def import_code(target: str, folder: Path | None, file: bool = True, how: str = "import") -> str:
