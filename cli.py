@@ -130,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins(args) -> None:
     """Imports the `--plugin` modules and files, before the command compiles anything."""
+    targets = getattr(args, "plugin", None) or []
+    if not targets:
+        return
     from mptc.components.plugins import PluginProblem, load
-    for target in getattr(args, "plugin", None) or []:
+    for target in targets:
         try:
             load(target)
         except PluginProblem as problem:

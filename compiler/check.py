@@ -80,11 +80,11 @@ class _Checker:
     def imports(self):
         """Imports each `import` (a file relative to the spec's folder, or a module), in order; a missing
         file or module, or one that raises, is an error at its name (and the check stops there)."""
-        from mptc.components.plugins import PluginProblem, import_code
         seen = {}
         for item in self.spec.items:
             if not isinstance(item, ast.ImportDecl):
                 continue
+            from mptc.components.plugins import PluginProblem, import_code   # only for a spec that imports
             src = item.source
             file = isinstance(src, ast.String)
             try:
