@@ -775,11 +775,10 @@ DEBUG_NOTE = "run again with --debug for its traceback"
 
 def _rule_raised(comp, span, e) -> PluginError:
     """A user's own shape rule that raised something else than ShapeProblem: one error at the call."""
-    from mptc.components.plugins import raised
+    from mptc.components.plugins import raised, user_frames
     path = Path(comp.origin) if comp.origin.endswith(".py") else None
-    error = PluginError(span, f"{comp.kind} '{comp.name}' ({where_from(comp)}): its shape rule raised {raised(e, path)}",
-                        note=DEBUG_NOTE)
-    from mptc.components.plugins import user_frames
+    message = f"{comp.kind} '{comp.name}' ({where_from(comp)}): its shape rule raised {raised(e, path)}"
+    error = PluginError(span, message, note=DEBUG_NOTE)
     error.__cause__ = user_frames(e)
     return error
 
