@@ -504,6 +504,15 @@ def test_a_run_with_probed_shapes_records_the_imports(proj, tmp_path):
     assert all(isinstance(v, float) for v in json.loads((tmp_path / "run" / "meta.json").read_text())["w"])
 
 
+def test_sweep_honours_the_specs_imports(proj, tmp_path, capsys):
+    path = proj(spec_text(encoder="plain(width: 6)"))
+    assert cli("sweep", path, "--set", "model.encoder.width=3,5", "--out", tmp_path / "sweep", "--quiet") == 0
+    runs = json.loads((tmp_path / "sweep" / "summary.json").read_text())["runs"]
+    assert sorted(r["overrides"]["model.encoder.width"] for r in runs) == ["3", "5"]
+    assert all(json.loads((Path(r["run"]) / "ir.json").read_text())["imports"] == [str(tmp_path / "components.py")]
+               for r in runs)
+
+
 # ---- the documentation's worked example ------------------------------------------------------------
 def _doc_files():
     text = (ROOT / "docs" / "components.md").read_text()
