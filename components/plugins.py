@@ -10,10 +10,11 @@ What loads, and when (docs/components.md):
   that uses only known names never loads them; `MPTC_NO_ENTRY_POINTS=1` turns them off.
 Nothing else: a spec cannot load code it does not name.
 
-    >>> import_code("nowhere.py", folder=None)
-    Traceback (most recent call last):
-    ...
-    mptc.components.plugins.PluginProblem: cannot import "nowhere.py": no such file (resolved against the working directory: ...)
+    >>> try:
+    ...     import_code("nowhere.py", folder=None)
+    ... except PluginProblem as e:
+    ...     print(e.message.split(" (")[0])
+    cannot import "nowhere.py": no such file
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from mptc.components.registry import ALL, FILE_MODULE_PREFIX
 from mptc.errors import RunError, did_you_mean
 
 GROUP = "mptc.components"
-LOADED: dict[str, str] = {}  # origin (a file's absolute path, a module's name) -> how it came: import, --plugin, entry point
+LOADED: dict[str, str] = {}  # origin (a file's absolute path, a module's name) -> how: import, --plugin, entry point
 _ENTRY_POINTS = {"loaded": False}
 
 

@@ -145,7 +145,8 @@ def where_from(comp: "Component") -> str:
     """Where a component comes from, as messages name it: "built in", a file (relative to the working
     directory when under it) or a module.
 
-        >>> where_from(Component("model", "m", (), "x:y")), where_from(Component("model", "m", (), "x:y", origin="pkg.mod"))
+        >>> mine = Component("model", "m", (), "x:y", origin="pkg.mod")
+        >>> where_from(Component("model", "m", (), "x:y")), where_from(mine)
         ('built in', 'pkg.mod')
     """
     if not comp.origin:

@@ -100,7 +100,8 @@ class Program:
         try:
             module = fn(**comp.runtime_args(call.args), **input_args(fn, self.in_dims[decl.name]))
         except ComponentRaised as e:       # a user's own factory raised (components/registry.py)
-            raise RunError(f"{what} '{decl.name}': {comp.name} ({where_from(comp)}) raised {e.detail}") from e.__cause__
+            message = f"{what} '{decl.name}': {comp.name} ({where_from(comp)}) raised {e.detail}"
+            raise RunError(message) from e.__cause__
         if not isinstance(module, torch.nn.Module):
             raise RunError(f"{what} '{decl.name}': {comp.name} ({where_from(comp)}) returned a "
                            f"{type(module).__name__}, not a torch.nn.Module")
