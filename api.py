@@ -232,6 +232,25 @@ class Spec:
         self.items.append(item)
         return None if name is None else Expr(ast.Ref(_S, (name,)))
 
+    # -- the code the spec uses --------------------------------------------------------------------
+    def import_(self, code: str) -> None:
+        """`import "file.py"` (a path ending in .py: relative to the spec's folder, or to the working
+        directory for a Spec that was not saved) or `import package.module`: your own components
+        (docs/components.md). Imports are placed before the other declarations.
+
+        >>> s = Spec("mine")
+        >>> s.import_("components.py"); s.import_("my_package.components")
+        >>> print(s, end="")
+        spec mine
+        import "components.py"
+        import my_package.components
+        """
+        from mptc.components.plugins import is_file
+        source = ast.String(_S, code) if is_file(code) else E(code).node
+        at = next((i for i, item in enumerate(self.items) if not isinstance(item, (ast.SpecHeader, ast.ImportDecl))),
+                  len(self.items))
+        self.items.insert(at, ast.ImportDecl(_S, source))
+
     # -- declarations that name something --------------------------------------------------------
     def data(self, name: str, source: Expr | str, split: Mapping[str, float] | None = None) -> Expr:
         """`data NAME = source(...) [split a f, ...]`; take a split of it as `handle.train`.

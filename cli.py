@@ -8,6 +8,9 @@
     mptc compare SPEC... [--seeds N]     specs (and their baselines) over seeds: markdown + CSV table (commands.py)
     mptc sweep SPEC --set KEY=V1,V2 --set KEY=A..B [--out DIR]   one run per combination, summary table (sweep.py)
     mptc report RUN_DIR... [--out DIR]   report.html with plots of one or several runs (report.py)
+
+Every command takes --debug (an error's Python traceback, e.g. of your own code, after the error); those
+that compile specs take --plugin MODULE_OR_FILE (your own components, docs/components.md), repeatable.
 """
 from __future__ import annotations
 
@@ -34,8 +37,12 @@ def _fail_user(errors: list[SpecError], sources: Sources) -> int:
 
 def _compile(args):
     from mptc.compiler.lower import compile_spec
-    text = read_spec(args.spec)
-    return text, compile_spec(text, args.spec, getattr(args, "set", None) or [])
+    text, notes = read_spec(args.spec), []
+    plan = compile_spec(text, args.spec, getattr(args, "set", None) or [], notes=notes)
+    sources = Sources({args.spec: text})
+    for note in notes:
+        print(render(note, sources), file=sys.stderr)
+    return text, plan
 
 
 def cmd_check(args) -> int:
@@ -101,14 +108,46 @@ COMMANDS = {
 }
 
 
+PLUGIN_COMMANDS = ("check", "compile", "run", "sweep", "compare")  # those that compile specs: --plugin
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
     parser = argparse.ArgumentParser(prog="mptc", description="The meta-parameterized pre-training compiler.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_line, target) in COMMANDS.items():
         module, _, function = target.partition(":")
-        getattr(importlib.import_module(module), function)(sub.add_parser(name, help=help_line))
+        p = sub.add_parser(name, help=help_line)
+        getattr(importlib.import_module(module), function)(p)
+        p.add_argument("--debug", action="store_true", help="after an error, print the Python traceback behind "
+                       "it (e.g. of your own code)")
+        if name in PLUGIN_COMMANDS:
+            p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                           help="import your own components first: a module on the Python path or a .py file "
+                                "(docs/components.md); repeatable")
     return parser
+
+
+def _plugins(args) -> None:
+    """Imports the `--plugin` modules and files, before the command compiles anything."""
+    targets = getattr(args, "plugin", None) or []
+    if not targets:
+        return
+    from mptc.components.plugins import PluginProblem, load
+    for target in targets:
+        try:
+            load(target)
+        except PluginProblem as problem:
+            hint = f" (did you mean {problem.hint}?)" if problem.hint else ""
+            raise RunError(f"--plugin {target}: {problem.message}{hint}") from problem.__cause__
+
+
+def _traceback(errors: list[BaseException]) -> None:
+    """`--debug`: the Python traceback behind each error: its cause's (your code's), else its own."""
+    import traceback
+    for e in errors:
+        if e.__cause__ is not None or isinstance(e, RunError):
+            print("".join(traceback.format_exception(e.__cause__ or e)), end="", file=sys.stderr)
 
 
 class Terminated(BaseException):
@@ -146,16 +185,20 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
-    """Runs the command; user mistakes and faults become one rendered error and exit 2."""
+    """Runs the command; user mistakes and faults become one rendered error and exit 2 (with `--debug`,
+    the traceback behind it follows)."""
     try:
+        _plugins(args)
         return args.fn(args)
-    except SpecError as e:
-        return _fail_user([e], Sources())
-    except SpecErrors as e:
-        return _fail_user(e.errors, Sources())
-    except RunError as e:
-        print(f"mptc: error: {e}", file=sys.stderr)
-        return EXIT_USER
+    except (SpecError, SpecErrors, RunError) as e:
+        if isinstance(e, RunError):
+            print(f"mptc: error: {e}", file=sys.stderr)
+            code = EXIT_USER
+        else:
+            code = _fail_user(e.errors if isinstance(e, SpecErrors) else [e], Sources())
+        if getattr(args, "debug", False):
+            _traceback(e.errors if isinstance(e, SpecErrors) else [e])
+        return code
     except BrokenPipeError:
         raise
     except OSError as e:  # a file system fault no check named (disk full, a folder gone): still one line

@@ -45,6 +45,8 @@ class MptcError(Exception):
 class SpecError(MptcError):
     """A user mistake located in a spec (or on the command line, with a synthetic source)."""
 
+    level = "error"  # how the renderer labels it (a Note says "note")
+
     def __init__(self, span: Span, message: str, hint: str | None = None, note: str | None = None):
         super().__init__(message)
         self.span, self.message, self.hint, self.note = span, message, hint, note
@@ -92,6 +94,17 @@ class Unsupported(SpecError):
 
 class UnusedMeta(SpecError):
     """A meta-parameter no loss depends on: its hypergradient would always be zero."""
+
+
+class PluginError(SpecError):
+    """Code a spec names (`import`) that cannot be found or raised, or a user component that raised."""
+
+
+class Note(SpecError):
+    """Not an error: a remark `mptc check` prints beside a spec that checks (e.g. a shape known only at run
+    time). Never raised; collected by the checker."""
+
+    level = "note"
 
 
 class SpecErrors(MptcError):

@@ -38,7 +38,7 @@ class Sources:
 def render(error: SpecError, sources: Sources) -> str:
     """`path:line:col: message`, the source line, carets under the span, a did-you-mean and a note."""
     s = error.span
-    out = [f"{s.path}:{s.line}:{s.col}: error: {error.message}"]
+    out = [f"{s.path}:{s.line}:{s.col}: {error.level}: {error.message}"]
     lines = source_lines(sources.text(s.path))
     if 1 <= s.line <= len(lines):
         text = "".join(ch if ch.isprintable() else " " for ch in lines[s.line - 1])  # a tab, \x0c: one column

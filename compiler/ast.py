@@ -122,6 +122,14 @@ class SpecHeader:
 
 
 @frozen
+class ImportDecl:
+    """`import "file.py"` (a String: a path relative to the spec's folder) or `import package.module` (a Ref)."""
+
+    span: Span
+    source: Union[String, Ref]
+
+
+@frozen
 class SplitPart:
     """`train 0.5` in a data declaration's split."""
 
@@ -407,7 +415,7 @@ class EvaluateDecl:
     against: tuple[Ident, ...]
 
 
-Item = Union[SpecHeader, DataDecl, ModelDecl, HeadDecl, MetaDecl, LetDecl, Stage, SpaceDecl,
+Item = Union[SpecHeader, ImportDecl, DataDecl, ModelDecl, HeadDecl, MetaDecl, LetDecl, Stage, SpaceDecl,
              ObjectiveDecl, HypergradientDecl, MetaOptimizerDecl, TrainDecl, EvaluateDecl]
 
 

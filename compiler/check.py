@@ -12,19 +12,20 @@ of the file and raises one SpecErrors. Never imports torch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import attrs
 
 from mptc.compiler import ast
 from mptc.compiler.language import CLAUSE_NAME, NAMED, SINGLE_KEYWORD, STAGE_CLAUSES
 from mptc.compiler.space import expand
-from mptc.compiler.values import check_args, check_component, defaults, fits_float, fold
-from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, OutOfRange, ShapeMismatch, Span,
-                         SpecErrors, UnknownComponent, UnknownName, Unsupported, UnusedMeta, did_you_mean)
+from mptc.compiler.values import check_component, defaults, fits_float, fold, spec_folder
+from mptc.errors import (BadArgument, Cycle, DuplicateName, MissingPart, Note, OutOfRange, PluginError, ShapeMismatch,
+                         Span, SpecErrors, UnknownComponent, UnknownName, Unsupported, UnusedMeta, did_you_mean)
 from mptc.components.catalog import ESTIMATOR_DEFAULTS
 from mptc.components.shapes import B, ShapeProblem, broadcast, fmt
 from mptc.components.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
-                                   PROTOCOLS, Param)
+                                   PROTOCOLS, Param, where_from)
 
 # Upper bounds far beyond any run this machine or a GPU finishes, so that a typo (a 10-digit step count)
 # is an error at its place rather than a MemoryError or a run of years.
@@ -64,6 +65,8 @@ class Checked:
     let_order: tuple       # let names, dependencies first
     meta_only_lets: frozenset
     let_free: dict         # let name -> the names it depends on, through other lets (inputs, metas, modules)
+    imports: tuple = ()    # the user code the plan needs: the spec's imports, then other origins of its components
+    notes: tuple = ()      # Notes for `mptc check` to print (e.g. an output shape known only at run time)
 
 
 class _Checker:
@@ -78,6 +81,34 @@ class _Checker:
         self.let_deps: dict = {}
         self.batch_lets: set = set()
         self._of: dict = {}
+        self.origins: dict = {}   # the origins of the spec's imports and of the user components it uses, in order
+        self.notes: list = []
+        self.raised: set = set()  # user components whose shape rule raised (reported once)
+
+    # ---- pass 0: the code the spec imports, before any component is looked up ---------------------
+    def imports(self):
+        """Imports each `import` (a file relative to the spec's folder, or a module), in order; a missing
+        file or module, or one that raises, is an error at its name (and the check stops there)."""
+        seen = {}
+        for item in self.spec.items:
+            if not isinstance(item, ast.ImportDecl):
+                continue
+            from mptc.components.plugins import PluginProblem, import_code   # only for a spec that imports
+            src = item.source
+            file = isinstance(src, ast.String)
+            try:
+                origin = import_code(src.value if file else src.dotted, spec_folder(src.span.path), file=file)
+            except PluginProblem as problem:
+                error = PluginError(src.span, problem.message, hint=problem.hint,
+                                    note=DEBUG_NOTE if problem.__cause__ else None)
+                error.__cause__ = problem.__cause__
+                self.err(error)
+                continue
+            if origin in seen:
+                self.err(DuplicateName(src.span, "this code is imported twice",
+                                       note=f"first imported on line {seen[origin].span.line}"))
+            seen.setdefault(origin, item)
+            self.origins.setdefault(origin, None)
 
     def err(self, e):
         self.errors.append(e)
@@ -87,6 +118,8 @@ class _Checker:
         for item in self.spec.items:
             if isinstance(item, NAMED):
                 self._declare(item, self.decls, item.name, f"'{item.name}' is already declared")
+            elif isinstance(item, ast.ImportDecl):
+                continue                                 # imported by the `imports` pass
             elif isinstance(item, ast.Stage):
                 key = item.kind if item.kind != "auxiliary" else f"auxiliary {item.name}"
                 self._declare(item, self.stages, key, f"a second {key} block")
@@ -115,7 +148,13 @@ class _Checker:
         checked = check_component(registry, expr, self.errors, ctx or {"datasets": self.of(ast.DataDecl)})
         if checked is not None:
             self.args[id(expr if node is None else node)] = checked
+            self.used(registry.get(checked["name"]))
         return checked
+
+    def used(self, comp):
+        """Notes a component the spec uses: a user's own one's origin goes into the plan's imports."""
+        if comp is not None and comp.origin:
+            self.origins.setdefault(comp.origin, None)
 
     def datasets(self):
         pending = {}
@@ -150,6 +189,11 @@ class _Checker:
         except ShapeProblem as problem:
             self.err(BadArgument(decl.source.span, f"{comp.name}: {problem}"))
             return
+        except Exception as e:
+            if not comp.origin:
+                raise
+            self.err(_rule_raised(comp, decl.source.span, e))
+            return
         if decl.split and shape and shape.get("splits"):
             first = decl.split[0].span
             self.err(BadArgument(first, f"{comp.name} comes with its own splits "
@@ -180,9 +224,20 @@ class _Checker:
 
     def modules(self):
         for name, decl in self.of(ast.ModelDecl).items():
-            self.component(MODELS, decl.component)
+            self._shape_note(decl, self.component(MODELS, decl.component), MODELS)
         for name, decl in self.of(ast.HeadDecl).items():
-            self.component(HEADS, decl.component)
+            self._shape_note(decl, self.component(HEADS, decl.component), HEADS)
+
+    def _shape_note(self, decl, checked, registry):
+        """A component without a shape rule: its output shape is known at run time, when the runtime probes
+        the built module with a dummy batch (runtime/program.py); the checks that need it are skipped."""
+        comp = registry.get(checked["name"]) if checked else None
+        if comp is not None and comp.shape is None:
+            what = f"meta network '{decl.name}'" if isinstance(decl, ast.MetaDecl) else f"{_role(decl)} '{decl.name}'"
+            call = decl.type.component if isinstance(decl, ast.MetaDecl) else decl.component
+            self.notes.append(Note(call.func.span, f"{what}: {comp.name} ({where_from(comp)}) has no shape rule, so "
+                                   f"its output shape is known at run time (the runtime probes it with a dummy "
+                                   f"batch); shape checks that need it are skipped"))
 
     def spaces(self):
         for name, decl in self.of(ast.SpaceDecl).items():
@@ -194,7 +249,7 @@ class _Checker:
             if isinstance(t, ast.VectorType) and t.length < 1:
                 self.err(OutOfRange(t.span, f"a vector needs at least one entry, got {t.length}"))
             if isinstance(t, ast.NetworkType):
-                self.component(MODELS, t.component)
+                self._shape_note(decl, self.component(MODELS, t.component), MODELS)
             if isinstance(t, ast.FactoredType) and t.space not in self.of(ast.SpaceDecl):
                 self.err(UnknownName(t.span, f"unknown space '{t.space}'",
                                      hint=did_you_mean(t.space, self.of(ast.SpaceDecl))))
@@ -469,9 +524,10 @@ class _Checker:
         decl = self.decls.get(name)
         if isinstance(decl, (ast.ModelDecl, ast.HeadDecl)) or _is_network(decl):
             return self._apply(expr, decl, scope)
-        comp = FUNCTIONS.get(name)
-        if comp is None and AUGMENTATIONS.get(name) is not None:
+        if name not in FUNCTIONS and name in AUGMENTATIONS:   # (a miss of get() loads the entry points)
+            self.used(AUGMENTATIONS.get(name))
             return self.augment_call(expr, scope)
+        comp = FUNCTIONS.get(name)
         if comp is None:
             known = FUNCTIONS.names() + AUGMENTATIONS.names() + list(self.of((ast.ModelDecl, ast.HeadDecl)))
             self.err(UnknownName(expr.func.span, f"unknown function or module '{name}'",
@@ -488,7 +544,8 @@ class _Checker:
                                  f"got {len(expr.args)}"))
             return None
         shapes = [self.shape(a, scope) for a in expr.args]
-        return self._rule(comp.shape, expr, None, shapes)
+        self.used(comp)
+        return self._rule(comp, expr, None, shapes)
 
     def _apply(self, expr, decl, scope):
         if len(expr.args) != 1 or expr.kwargs:
@@ -502,7 +559,7 @@ class _Checker:
         comp = (MODELS if not isinstance(decl, ast.HeadDecl) else HEADS).get(checked["name"])
         if _incomplete(comp, checked):
             return None
-        out = self._rule(comp.shape, expr, checked["args"], in_shape)
+        out = self._rule(comp, expr, checked["args"], in_shape)
         self._record_in_dim(decl.name, in_shape, expr)
         return out
 
@@ -515,12 +572,20 @@ class _Checker:
             self.err(ShapeMismatch(expr.span, f"'{name}' is applied to {dim} features here but to "
                                    f"{previous} elsewhere"))
 
-    def _rule(self, rule, expr, args, shapes):
+    def _rule(self, comp, expr, args, shapes):
+        """The output shape by `comp`'s shape rule (None without one); a ShapeProblem is a located error,
+        and so is any exception of a user's own rule (an exception of a built-in one is a bug: raised)."""
         try:
-            return rule(args, shapes) if rule else None
+            return comp.shape(args, shapes) if comp.shape else None
         except ShapeProblem as problem:
             self.err(ShapeMismatch(expr.span, f"{expr.func.dotted} {problem}"))
-            return None
+        except Exception as e:
+            if not comp.origin:
+                raise
+            if (comp.kind, comp.name) not in self.raised:   # one error per component, at its first use
+                self.raised.add((comp.kind, comp.name))
+                self.err(_rule_raised(comp, expr.span, e))
+        return None
 
     # ---- pass 4: the meta level --------------------------------------------------------------------
     def meta_level(self):
@@ -542,7 +607,7 @@ class _Checker:
                 self.err(BadArgument(ev.against[0].span, f"{protocol['name']} compares no baselines: drop "
                                      f"'against {', '.join(i.name for i in ev.against)}'"))
             for ident in ev.against:
-                if ident.name not in BASELINES:
+                if BASELINES.get(ident.name) is None:
                     self.err(UnknownComponent(ident.span, f"unknown baseline '{ident.name}' "
                                               f"(known: {', '.join(BASELINES.names())})",
                                               hint=did_you_mean(ident.name, BASELINES.names())))
@@ -654,6 +719,9 @@ class _Checker:
                                      f"FT steps cannot update it (the loss uses {', '.join(ft_uses) or 'no module'})"))
 
     def run(self) -> Checked:
+        self.imports()
+        if self.errors:                  # the components of code that did not load would all be unknown
+            raise SpecErrors(_dedupe(self.errors), "")
         self.supported()
         self.literals()
         self.collect()
@@ -677,7 +745,8 @@ class _Checker:
         metas = self.of(ast.MetaDecl).keys()
         meta_only = frozenset(n for n in self.let_order_names if let_free[n] <= metas)
         return Checked(self.spec, self.decls, self.args, self.stages, self.in_dims, self.data_shapes,
-                       self.spaces_of, self.let_order_names, meta_only, let_free)
+                       self.spaces_of, self.let_order_names, meta_only, let_free, tuple(self.origins),
+                       tuple(self.notes))
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -712,6 +781,19 @@ def _data_cycle(name, pending) -> str | None:
 
 def _is_network(decl) -> bool:
     return isinstance(decl, ast.MetaDecl) and isinstance(decl.type, ast.NetworkType)
+
+
+DEBUG_NOTE = "run again with --debug for its traceback"
+
+
+def _rule_raised(comp, span, e) -> PluginError:
+    """A user's own shape rule that raised something else than ShapeProblem: one error at the call."""
+    from mptc.components.plugins import raised, user_frames
+    path = Path(comp.origin) if comp.origin.endswith(".py") else None
+    message = f"{comp.kind} '{comp.name}' ({where_from(comp)}): its shape rule raised {raised(e, path)}"
+    error = PluginError(span, message, note=DEBUG_NOTE)
+    error.__cause__ = user_frames(e)
+    return error
 
 
 def _role(decl) -> str:

@@ -254,6 +254,7 @@ class Plan:
     train: Train
     evaluate: Evaluate | None
     hg_check_every: int | None = None
+    imports: tuple[str, ...] = ()  # the user code it needs: files (absolute .py paths) and modules (names)
 
 
 def to_json(node) -> Any:

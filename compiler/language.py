@@ -10,7 +10,7 @@ from __future__ import annotations
 from mptc.compiler import ast
 
 # keyword -> the AST class its declaration builds (the three stage keywords build a Stage)
-DECLARATIONS = {"spec": ast.SpecHeader, "data": ast.DataDecl, "model": ast.ModelDecl, "head": ast.HeadDecl,
+DECLARATIONS = {"spec": ast.SpecHeader, "import": ast.ImportDecl, "data": ast.DataDecl, "model": ast.ModelDecl, "head": ast.HeadDecl,
                 "meta": ast.MetaDecl, "let": ast.LetDecl, "pretrain": ast.Stage, "finetune": ast.Stage,
                 "auxiliary": ast.Stage, "space": ast.SpaceDecl, "meta_objective": ast.ObjectiveDecl,
                 "hypergradient": ast.HypergradientDecl, "meta_optimizer": ast.MetaOptimizerDecl,
@@ -18,7 +18,9 @@ DECLARATIONS = {"spec": ast.SpecHeader, "data": ast.DataDecl, "model": ast.Model
 KEYWORDS = tuple(DECLARATIONS)
 STAGES = ("pretrain", "finetune", "auxiliary")
 NAMED = (ast.DataDecl, ast.ModelDecl, ast.HeadDecl, ast.MetaDecl, ast.LetDecl, ast.SpaceDecl)  # introduce a name
-SINGLE_KEYWORD = {cls: kw for kw, cls in DECLARATIONS.items() if cls not in NAMED and kw not in STAGES}
+REPEATED = (ast.ImportDecl,)  # neither named nor single: a spec gives as many as it needs
+SINGLE_KEYWORD = {cls: kw for kw, cls in DECLARATIONS.items()
+                  if cls not in NAMED and cls not in REPEATED and kw not in STAGES}
 SINGLE = tuple(SINGLE_KEYWORD)  # declarations a spec gives at most once
 
 # clause keyword -> its AST class; stage -> the clauses it takes

@@ -174,6 +174,7 @@ class _Lower:
             train=self.train(),
             evaluate=self.evaluate(),
             hg_check_every=hg.check_every if hg else None,
+            imports=self.c.imports,
         )
 
 
@@ -205,11 +206,15 @@ def _no_cycle_collection():
             gc.enable()
 
 
-def compile_spec(text: str, path: str = "<spec>", overrides: list[str] = ()) -> ir.Plan:
-    """parse -> (overrides) -> check -> lower. Raises SyntaxProblem or SpecErrors on user mistakes."""
+def compile_spec(text: str, path: str = "<spec>", overrides: list[str] = (), notes: list | None = None) -> ir.Plan:
+    """parse -> (overrides) -> check -> lower. Raises SyntaxProblem or SpecErrors on user mistakes; the
+    checker's Notes (not errors) are appended to `notes` when a list is given."""
     with _no_cycle_collection():
         spec = parse(text, path)
         if overrides:
             from mptc.compiler.overrides import apply_overrides
             spec = apply_overrides(spec, overrides)
-        return lower(check(spec))
+        checked = check(spec)
+        if notes is not None:
+            notes.extend(checked.notes)
+        return lower(checked)

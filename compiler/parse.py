@@ -130,6 +130,10 @@ class _Build(Transformer):
         doc = None if c[1] is None else _unquote(c[1])
         return ast.SpecHeader(self._s(meta), str(c[0]), doc)
 
+    def import_decl(self, meta, c):
+        source = c[0] if isinstance(c[0], ast.Ref) else ast.String(self._tok(c[0]), _unquote(c[0]))
+        return ast.ImportDecl(self._s(meta), source)
+
     def data_decl(self, meta, c):
         return ast.DataDecl(self._s(meta), str(c[0]), c[1], c[2] or (), self._tok(c[0]))
 

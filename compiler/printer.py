@@ -130,6 +130,9 @@ class _Printer:
     def _print_SpecHeader(self, d: ast.SpecHeader) -> str:
         return f"spec {d.name}" + ("" if d.doc is None else " " + self._print_String(ast.String(d.span, d.doc)))
 
+    def _print_ImportDecl(self, d: ast.ImportDecl) -> str:
+        return f"import {self.visit(d.source)}"
+
     def _print_SplitPart(self, d: ast.SplitPart) -> str:
         return f"{d.name} {self.visit(d.fraction)}"
 

@@ -98,6 +98,46 @@ MODELS.register("gin", [
     Param("edge_dim", "int", None, min=0, doc="edge features (inferred from the data when left out)"),
 ], target="mptc.runtime.graphs:gin", shape=_gin_shape,
     doc="The pretrain-gnns GIN (Hu et al. 2020) with edge features; graph readout, 2*hidden for mean_center.")
+def hf_config(path: str) -> dict:
+    """The `config.json` of a saved transformers model folder (read as JSON: no transformers import)."""
+    import json
+    import os
+    file = os.path.join(path, "config.json")
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ShapeProblem(f"has no config.json in {path} (a folder written by save_pretrained)") from None
+    except (OSError, ValueError) as e:
+        raise ShapeProblem(f"cannot read {file}: {e}") from None
+
+
+HF_WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim")  # what configs call the hidden state's width
+
+
+def _hf_shape(args, in_shape):
+    config = hf_config(args["path"])
+    width = next((config[k] for k in HF_WIDTH_KEYS if isinstance(config.get(k), int)), None)
+    if width is None:
+        raise ShapeProblem(f"its config.json names no hidden size ({', '.join(HF_WIDTH_KEYS)})")
+    if in_shape is not None and args["input"] == "ids" and (len(in_shape) != 2 or is_graph(in_shape)):
+        raise ShapeProblem(f"expects token ids of shape [batch, length], got {fmt(in_shape)}")
+    if in_shape is not None and args["input"] == "embeds" and (len(in_shape) != 3 or in_shape[2] != width):
+        raise ShapeProblem(f"expects embeddings of shape [batch, length, {width}], got {fmt(in_shape)}")
+    return (B, width)
+
+
+MODELS.register("hf", [
+    Param("path", "path", doc="a folder written by transformers' save_pretrained (config.json and weights); "
+          "loaded with local_files_only: no network"),
+    Param("pool", "choice", "mean", choices=("mean", "first", "pooler"),
+          doc="mean of the last hidden state over the unmasked tokens, its first token's ([CLS]), or the "
+              "model's own pooler output"),
+    Param("input", "choice", "ids", choices=("ids", "embeds"),
+          doc="x holds token ids [batch, length] (integers, or floats that are integers), or input "
+              "embeddings [batch, length, hidden] (inputs_embeds)"),
+], target="mptc.runtime.hf:hf", shape=_hf_shape,
+    doc="A pretrained transformers encoder from a local folder: AutoModel.from_pretrained, pooled to [batch, hidden].")
 HEADS.register("linear", [Param("out", "int", min=1), Param("bias", "bool", True)],
                target="mptc.runtime.models:linear", doc="A linear task head.", shape=_dense(lambda a: a["out"]))
 HEADS.register("mlp", [Param("hidden", "ints", min=1), Param("out", "int", min=1),

@@ -2,7 +2,10 @@
 specs against the declared parameters without importing the runtime's heavy modules.
 
 A component declares its parameters; its implementation is a "module:attr" path loaded on first use
-(or any callable, for a user's own component).
+(or any callable, for a user's own component). A component registered by code outside mptc (a spec's
+`import`, `--plugin`, an entry point, a Python session) records where it came from (`origin`), so that
+its failures name the file, and a name two sources register is refused. docs/components.md is the
+contract for your own components.
 
     >>> from mptc.components.registry import Registry, Param
     >>> acts = Registry("activation")
@@ -12,11 +15,16 @@ A component declares its parameters; its implementation is a "module:attr" path 
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import os
+import sys
 from typing import Any, Callable
 
 import attrs
+
+from mptc.errors import RunError
 
 REQUIRED = object()  # the default of a parameter that must be given
 
@@ -48,6 +56,7 @@ class Component:
     doc: str = ""
     shape: Callable | None = None  # (args: dict, in_shape) -> out_shape, for compile-time shape checks
     traits: tuple[str, ...] = ()   # what the checker needs to know: an estimator's stages, a protocol's "baselines"
+    origin: str = ""  # "" for mptc's own; else the registering code: a file's path or a module's name
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -56,13 +65,14 @@ class Component:
         """The implementation (imports its module on first use), its signature checked against the
         declaration the first time (`signature_problems`)."""
         if callable(self.target):
-            return self.target
-        module, _, attr = self.target.partition(":")
-        fn = getattr(importlib.import_module(module), attr)
-        if (self.kind, self.name, self.target) not in _VALIDATED:
-            _raise_on(self, signature_problems(self, fn))
-            _VALIDATED.add((self.kind, self.name, self.target))
-        return fn
+            fn = self.target
+        else:
+            module, _, attr = self.target.partition(":")
+            fn = getattr(importlib.import_module(module), attr)
+            if (self.kind, self.name, self.target) not in _VALIDATED:
+                _raise_on(self, signature_problems(self, fn))
+                _VALIDATED.add((self.kind, self.name, self.target))
+        return _reported(self, fn) if self.origin and self.kind in _FACTORIES else fn
 
     def runtime_args(self, args: dict) -> dict:
         """The checked arguments the implementation receives: all but the compile-only ones."""
@@ -70,9 +80,11 @@ class Component:
 
 
 # What an implementation receives besides its declared parameters, by kind, and which callable of an
-# implementation object the declaration describes (an augmentation's `apply` after `x, eps`).
-CONTEXT = {"model": ("in_dim",), "head": ("in_dim",), "augmentation": 2, "baseline": ("trainer",),
-           "protocol": ("trainer", "method", "state", "train_s", "baselines")}
+# implementation object the declaration describes (an augmentation's `apply` after `x, eps`). A model or
+# head factory gets `in_shape` (the public contract) or `in_dim` (the built-ins'), whichever it names.
+CONTEXT = {"model": ("in_dim", "in_shape"), "head": ("in_dim", "in_shape"), "augmentation": 2,
+           "baseline": ("trainer",), "protocol": ("trainer", "method", "state", "train_s", "baselines")}
+_FACTORIES = ("model", "head", "dataset", "optimizer")  # called once to build something: failures named
 _CALLABLE = {"augmentation": "apply"}
 _VALIDATED: set = set()
 
@@ -127,8 +139,94 @@ def _norm(value):
 
 def _raise_on(comp: "Component", problems: list[str]) -> None:
     if problems:
-        raise DeclarationError(f"{comp.kind} '{comp.name}' ({comp.target if isinstance(comp.target, str) else ''}"
-                               f"): " + "; ".join(problems))
+        where = comp.target if isinstance(comp.target, str) else where_from(comp)
+        raise DeclarationError(f"{comp.kind} '{comp.name}' ({where}): " + "; ".join(problems))
+
+
+def where_from(comp: "Component") -> str:
+    """Where a component comes from, as messages name it: "built in", a file (relative to the working
+    directory when under it) or a module.
+
+        >>> mine = Component("model", "m", (), "x:y", origin="pkg.mod")
+        >>> where_from(Component("model", "m", (), "x:y")), where_from(mine)
+        ('built in', 'pkg.mod')
+    """
+    if not comp.origin:
+        return "built in"
+    if comp.origin.endswith(".py"):
+        try:
+            rel = os.path.relpath(comp.origin)
+        except ValueError:   # another drive
+            return comp.origin
+        return rel if not rel.startswith("..") else comp.origin
+    return comp.origin
+
+
+def _reported(comp: "Component", fn):
+    """`fn` whose exceptions become one RunError naming the component, where it comes from and the
+    message; the original exception is its cause (`mptc --debug` prints its traceback)."""
+    @functools.wraps(fn)
+    def build(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RunError:
+            raise
+        except Exception as e:
+            from mptc.components.plugins import raised, user_frames
+            path = comp.origin if comp.origin.endswith(".py") else None
+            raise ComponentRaised(comp, raised(e, path)) from user_frames(e)
+    return build
+
+
+class ComponentRaised(RunError):
+    """A user's own factory raised: `detail` is `Type: message (file:line)`, the exception is the cause."""
+
+    def __init__(self, comp: "Component", detail: str):
+        super().__init__(f"{comp.kind} '{comp.name}' ({where_from(comp)}) raised {detail}")
+        self.comp, self.detail = comp, detail
+
+
+def per_example(in_dim):
+    """The per-example input shape a factory's `in_shape` receives, from the checker's `in_dim` (features,
+    or the per-example tuple): `(features,)`, `(channels, height, width)`, ...; None when unknown.
+
+        >>> per_example(32), per_example((1, 8, 8)), per_example(None)
+        ((32,), (1, 8, 8), None)
+    """
+    if in_dim is None:
+        return None
+    return tuple(in_dim) if isinstance(in_dim, (tuple, list)) else (in_dim,)
+
+
+def input_args(fn, in_dim) -> dict:
+    """What a model or head factory receives besides its arguments: `in_shape=per_example(in_dim)` when it
+    takes `in_shape` (the contract of docs/components.md), `in_dim` when it takes that (the built-ins),
+    else nothing (e.g. a pretrained model that knows its own input).
+
+        >>> input_args(lambda width, in_shape: None, 8), input_args(lambda hidden, in_dim: None, 8)
+        ({'in_shape': (8,)}, {'in_dim': 8})
+    """
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {"in_dim": in_dim}
+    if "in_shape" in params:
+        return {"in_shape": per_example(in_dim)}
+    return {"in_dim": in_dim} if "in_dim" in params else {}
+
+
+def _caller_origin(depth: int) -> str:
+    """The origin of a registration: "" from mptc itself, else the registering module's file when it was
+    imported from a path (a spec's `import "file.py"`), else its module name."""
+    scope = sys._getframe(depth + 1).f_globals
+    name = scope.get("__name__", "")
+    if name == "mptc" or name.startswith("mptc."):
+        return ""
+    from_path = name.startswith(FILE_MODULE_PREFIX) and scope.get("__file__")
+    return os.path.abspath(from_path) if from_path else name
+
+
+FILE_MODULE_PREFIX = "_mptc_file_"  # the module names of files imported by path (components/plugins.py)
 
 
 class Registry:
@@ -140,17 +238,35 @@ class Registry:
 
     def register(self, name: str, params=(), target: str | Callable | None = None, doc: str = "",
                  shape: Callable | None = None, traits: tuple[str, ...] = ()):
-        """Adds an entry; used directly or as a decorator over the implementation."""
+        """Adds an entry; used directly or as a decorator over the implementation. A name registered
+        from another origin (mptc's own, another file or module) is refused; the same origin registering
+        it again (its file imported again) replaces it."""
+        origin = _caller_origin(1)
+
         def add(fn):
-            comp = Component(self.kind, name, tuple(params), target or fn, doc, shape, tuple(traits))
+            comp = Component(self.kind, name, tuple(params), target or fn, doc, shape, tuple(traits), origin)
             if callable(comp.target):                    # a user's own component: checked as it registers
                 _raise_on(comp, signature_problems(comp, comp.target))
+            if origin and self.kind == "dataset" and shape is None:
+                _raise_on(comp, ["a dataset needs a shape rule, e.g. shape=lambda args, _: "
+                                 "{'x': (B, 16), 'y': (B, 3)}"])
+            taken = self._entries.get(name)
+            if taken is not None and taken.origin != origin:
+                raise DeclarationError(f"{self.kind} '{name}' is already registered ({where_from(taken)}); "
+                                       f"choose another name for the one of {where_from(comp)}")
             self._entries[name] = comp
             return fn
         return add(target) if target is not None else add
 
     def get(self, name: str) -> Component | None:
-        return self._entries.get(name)
+        """The entry of `name`; on a miss, the installed packages' entry points (group `mptc.components`)
+        load once and the lookup is tried again (components/plugins.py)."""
+        comp = self._entries.get(name)
+        if comp is None:
+            from mptc.components.plugins import load_entry_points
+            if load_entry_points():
+                comp = self._entries.get(name)
+        return comp
 
     def entries(self) -> list[Component]:
         return [self._entries[n] for n in self.names()]

@@ -12,9 +12,16 @@ Augmentations (`ir.Augmented`, from the `augment` clause) draw their noise from 
 the run's seed, once per batch tensor (`NoiseMemo`): evaluating the loss again on the same batch object
 (the meta-step's IFT on the last PT batch, Hessian-vector products, the PT `unroll` replay) reuses the
 PT step's noise, so the hypergradient is taken at exactly the loss the PT step minimised.
+
+A model, head or meta network gets its input shape from the checker (`in_dim`). A component without a
+shape rule (your own, docs/components.md) is probed once after it is built, with a dummy batch of zeros:
+a failure there is one RunError naming it; and a module whose input comes out of such a component gets
+its input shape by evaluating that input on a dummy batch of the stage's data shape (`_probe_input`).
+Probing runs in eval mode without gradients and leaves the random number generators as they were.
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
 from typing import Callable
@@ -25,7 +32,8 @@ from torch.func import functional_call
 
 from mptc.compiler import ir
 from mptc.errors import RunError
-from mptc.components.registry import AUGMENTATIONS, FUNCTIONS, HEADS, MODELS
+from mptc.components.registry import (AUGMENTATIONS, FUNCTIONS, HEADS, MODELS, ComponentRaised, input_args,
+                                      per_example, where_from)
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
 
@@ -45,12 +53,13 @@ class Program:
 
     def __init__(self, plan: ir.Plan, device: torch.device, dtype=torch.float32):
         self.plan, self.device, self.dtype = plan, device, dtype
-        self.modules = {m.name: _build_module(m).to(device=device, dtype=dtype) for m in plan.modules}
-        self.keys = {n: [(k, f"{n}.{k}") for k, _ in mod.named_parameters()] for n, mod in self.modules.items()}
-        self.networks = {m.name: _build_network(m).to(device=device, dtype=dtype)
-                         for m in plan.metas if m.kind == "network"}
-        self.net_keys = {n: [(k, f"{n}.{k}") for k, _ in net.named_parameters()] for n, net in self.networks.items()}
         self.noise_seed, self.memos = plan.train.seed, []
+        self.modules, self.keys, self.networks, self.net_keys = {}, {}, {}, {}
+        self._decls = {m.name: m for m in plan.modules} | {m.name: m for m in plan.metas if m.kind == "network"}
+        self.in_dims = {name: m.in_dim for name, m in self._decls.items()}   # completed by probing
+        self._sites, self._building = None, set()
+        for name in self._decls:         # the plan's order (a probed module's inputs are built first)
+            self._ensure(name)
         self.lets: dict[str, Callable] = {}
         for let in plan.lets:
             self.lets[let.name] = self.compile(let.expr)
@@ -64,8 +73,120 @@ class Program:
         (torch's own generator is left as it was)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            modules = {m.name: _build_module(m).to(device=self.device, dtype=self.dtype) for m in self.plan.modules}
+            modules = {m.name: self._build(m) for m in self.plan.modules}
         return _leaves(modules)
+
+    # ---- building, and probing what has no shape rule --------------------------------------------
+    def _ensure(self, name: str) -> None:
+        """Builds module or meta network `name` once; its input shape is probed first when the checker
+        could not know it, and its output probed when its component has no shape rule."""
+        if name in self.modules or name in self.networks:
+            return
+        if name in self._building:
+            raise RunError(f"cannot infer the input shape of '{name}': its input depends on its own output")
+        self._building.add(name)
+        if self.in_dims[name] is None and name in self.sites():
+            self.in_dims[name] = self._probe_input(name)
+        decl, module = self._decls[name], self._build(self._decls[name])
+        table, keys = (self.networks, self.net_keys) if isinstance(decl, ir.MetaParam) else (self.modules, self.keys)
+        table[name], keys[name] = module, [(k, f"{name}.{k}") for k, _ in module.named_parameters()]
+        self._building.discard(name)
+        if _component(decl)[0].shape is None:
+            self._probe_output(name)
+
+    def _build(self, decl) -> torch.nn.Module:
+        comp, call, what = _component(decl)
+        fn = comp.load()
+        try:
+            module = fn(**comp.runtime_args(call.args), **input_args(fn, self.in_dims[decl.name]))
+        except ComponentRaised as e:       # a user's own factory raised (components/registry.py)
+            message = f"{what} '{decl.name}': {comp.name} ({where_from(comp)}) raised {e.detail}"
+            raise RunError(message) from e.__cause__
+        if not isinstance(module, torch.nn.Module):
+            raise RunError(f"{what} '{decl.name}': {comp.name} ({where_from(comp)}) returned a "
+                           f"{type(module).__name__}, not a torch.nn.Module")
+        return module.to(device=self.device, dtype=self.dtype)
+
+    def sites(self) -> dict:
+        """module -> [(its input expression, lets inlined; the dataset of the stage it is applied in)]."""
+        if self._sites is None:
+            lets, self._sites = {let.name: let.expr for let in self.plan.lets}, {}
+            for expr, data in ((self.plan.pretrain.loss, self.plan.pretrain.data), (self.plan.finetune.loss,
+                               self.plan.finetune.data), (self.plan.objective.expr, self.plan.objective.data)):
+                for node in _nodes(_inline(expr, lets)):
+                    if isinstance(node, ir.Apply):
+                        self._sites.setdefault(node.module, []).append((node.arg, data.dataset))
+        return self._sites
+
+    @contextlib.contextmanager
+    def _probing(self):
+        """Eval mode (no dropout, no BatchNorm statistics updated), no gradients, the RNGs untouched."""
+        nets = [*self.modules.values(), *self.networks.values()]
+        modes = [n.training for n in nets]
+        for n in nets:
+            n.eval()
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                yield
+        finally:
+            for n, mode in zip(nets, modes):
+                n.train(mode)
+
+    def _dummy(self, in_dim, what: str) -> torch.Tensor:
+        shape = per_example(in_dim)
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            raise RunError(f"{what}: cannot make a dummy batch of shape {shape} to probe it (e.g. graphs): "
+                           f"give the component a shape rule (docs/components.md)")
+        return torch.zeros(2, *shape, device=self.device, dtype=self.dtype)
+
+    def _probe_output(self, name: str) -> None:
+        """Runs a component without a shape rule once on zeros of its input's shape: a failure is named."""
+        if self.in_dims[name] is None:
+            return
+        comp, _, what = _component(self._decls[name])
+        x = self._dummy(self.in_dims[name], f"{what} '{name}'")
+        module = self.networks[name] if name in self.networks else self.modules[name]
+        try:
+            with self._probing():
+                module(x)
+        except Exception as e:
+            from mptc.components.plugins import raised, user_frames
+            path = comp.origin if comp.origin.endswith(".py") else None
+            raise RunError(f"{what} '{name}': {comp.name} ({where_from(comp)}) has no shape rule, and probing it "
+                           f"with a dummy batch of shape [2, {', '.join(map(str, x.shape[1:]))}] raised "
+                           f"{raised(e, path)}") from user_frames(e)
+
+    def _probe_input(self, name: str):
+        """The input shape of `name` (features, or the per-example tuple): its input expression evaluated
+        on a dummy batch of zeros shaped like the data of the stage where it is applied."""
+        arg, dataset = self.sites()[name][0]
+        for node in _nodes(arg):
+            if isinstance(node, ir.Apply):
+                self._ensure(node.module)
+        source = next(d for d in self.plan.datasets if d.name == dataset)
+        what = f"the input of {_component(self._decls[name])[2]} '{name}'"
+        x = self._dummy(source.x_dim, what)
+        y = torch.zeros(2, source.y_dim or 1, device=self.device, dtype=self.dtype)
+        memos = len(self.memos)
+        try:
+            with self._probing():
+                out = self.compile(arg)(Ctx(self._probe_params(), self._probe_metas(), x, y))
+        except Exception as e:
+            raise RunError(f"cannot infer {what}: evaluating it on a dummy batch raised "
+                           f"{type(e).__name__}: {e}") from e
+        finally:
+            del self.memos[memos:]                        # the probe's augmentation noise streams
+        return out.shape[1] if out.dim() == 2 else tuple(out.shape[1:])
+
+    def _probe_params(self) -> dict:
+        return {full: p for n, mod in self.modules.items() for (_, full), p in zip(self.keys[n], mod.parameters())}
+
+    def _probe_metas(self) -> dict:
+        out = {m.name: torch.full((m.size,) if m.kind != "scalar" else (), m.init, device=self.device,
+                                  dtype=self.dtype) for m in self.plan.metas if m.kind != "network"}
+        return out | {full: p for n, net in self.networks.items()
+                      for (_, full), p in zip(self.net_keys[n], net.parameters())}
 
     def init_metas(self) -> dict[str, torch.Tensor]:
         """Each meta-parameter at its initial value; a network's weights (flat, `net.0.weight`) at the
@@ -218,20 +339,48 @@ class NoiseMemo:
         return eps
 
 
-def _build_network(m: ir.MetaParam) -> torch.nn.Module:
-    comp = MODELS.get(m.network.name)
-    return comp.load()(**comp.runtime_args(m.network.args), in_dim=m.in_dim)
+def _component(decl):
+    """(registry component, its checked call, what it is) of an ir.Module or a network ir.MetaParam."""
+    if isinstance(decl, ir.MetaParam):
+        return MODELS.get(decl.network.name), decl.network, "meta network"
+    return (MODELS if decl.role == "model" else HEADS).get(decl.component.name), decl.component, decl.role
+
+
+def _nodes(e):
+    """Every IR node in an expression (an augmentation's tensor arguments included)."""
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        if not attrs.has(type(node)):
+            continue
+        yield node
+        for f in attrs.fields(type(node)):
+            value = getattr(node, f.name)
+            stack += value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else [value]
+
+
+def _inline(e, lets: dict):
+    """`e` with each `let` reference replaced by the let's expression, so it compiles before the lets do."""
+    if isinstance(e, ir.LetRef):
+        return _inline(lets[e.name], lets)
+    if not attrs.has(type(e)):
+        return e
+    changes = {}
+    for f in attrs.fields(type(e)):
+        value = getattr(e, f.name)
+        if isinstance(value, dict):
+            changes[f.name] = {k: _inline(v, lets) for k, v in value.items()}
+        elif isinstance(value, tuple):
+            changes[f.name] = tuple(_inline(v, lets) for v in value)
+        elif attrs.has(type(value)):
+            changes[f.name] = _inline(value, lets)
+    return attrs.evolve(e, **changes) if changes else e
 
 
 def _leaves(modules: dict) -> dict[str, torch.Tensor]:
     """`{"module.local_name": tensor}`: the modules' parameters copied as leaf tensors that require grad."""
     return {f"{n}.{k}": p.detach().clone().requires_grad_() for n, mod in modules.items()
             for k, p in mod.named_parameters()}
-
-
-def _build_module(m: ir.Module) -> torch.nn.Module:
-    comp = (MODELS if m.role == "model" else HEADS).get(m.component.name)
-    return comp.load()(**comp.runtime_args(m.component.args), in_dim=m.in_dim)
 
 
 def pick_device(name: str) -> torch.device:

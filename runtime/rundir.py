@@ -161,6 +161,9 @@ def staging(out: Path):
     except OSError as e:
         _release(out, tmp)
         raise _fail("create the staging folder", tmp, e) from None
+    except BaseException:                         # Ctrl-C between the claim and the run: nothing left
+        _release(out, tmp)
+        raise
     try:
         yield tmp
     except BaseException:

@@ -554,6 +554,7 @@ TOTAL = {  # AST class -> a change of BASE that uses it (None: BASE itself uses 
     "Option": ("meta_objective mean(", "train seed 4\nmeta_objective mean("),
     "TrainDecl": ("meta_objective mean(", "train warmup 3\nmeta_objective mean("),
     "EvaluateDecl": ("meta_objective mean(", "evaluate restarts(inits: [0])\nmeta_objective mean("),
+    "ImportDecl": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nimport json"),
     "Spec": None,
 }
 AANG_STAGE = AANG  # the `auxiliary` block (a Stage) with its sample/weights/end_task_weight clauses

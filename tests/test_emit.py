@@ -37,13 +37,22 @@ train meta_steps 4 warmup 2 seed 3 device cpu log_every 2
 
 
 def _run_both(spec: Path, tmp_path: Path) -> tuple[Path, Path, str]:
-    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    """`mptc run` here and the emitted script in a subprocess, each on one thread: float reductions in the
+    same order in both, whatever the machine's load or core count."""
+    import os
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     script = tmp_path / "standalone.py"
     result = subprocess.run([sys.executable, "-m", "mptc", "compile", str(spec), "--emit", "python"],
                             capture_output=True, text=True, check=True)
     script.write_text(result.stdout)
     subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "emit")], check=True, capture_output=True,
-                   cwd=tmp_path)
+                   cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     return tmp_path / "run", tmp_path / "emit", result.stdout
 
 

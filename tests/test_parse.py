@@ -187,11 +187,11 @@ SYNTAX_ERRORS = [
     ("let a =", 1, 8, 9, "syntax error: unexpected end of file; expected one of '(', '-', '[', a name, a number, "
                          "a string", None),
     ("let a = 1 2", 1, 11, 12, "syntax error: unexpected '2'; expected one of '*', '**', '+', '-', '/', '[', "
-                               "'auxiliary', 'data', 'evaluate', 'finetune', 'head', 'hypergradient', 'let', 'meta', "
-                               "'meta_objective', 'meta_optimizer', 'model', 'pretrain', 'space', 'spec', 'train', "
+                               "'auxiliary', 'data', 'evaluate', 'finetune', 'head', 'hypergradient', 'import', 'let', "
+                               "'meta', 'meta_objective', 'meta_optimizer', 'model', 'pretrain', 'space', 'spec', 'train', "
                                "the end of the file", None),
     ("modle m = mlp()", 1, 1, 6, "syntax error: unexpected 'modle'; expected one of 'auxiliary', 'data', 'evaluate', "
-                                 "'finetune', 'head', 'hypergradient', 'let', 'meta', 'meta_objective', "
+                                 "'finetune', 'head', 'hypergradient', 'import', 'let', 'meta', 'meta_objective', "
                                  "'meta_optimizer', 'model', 'pretrain', 'space', 'spec', 'train', the end of the file",
      "model"),
     ("pretrain { stpes 1 }", 1, 12, 17, "syntax error: unexpected 'stpes'; expected one of 'augment', 'data', "

@@ -1,0 +1,58 @@
+"""`hf(path: "DIR")`: a pretrained transformers model from a local folder as an encoder (components/catalog.py
+declares it). Imported only when a spec uses it: transformers takes a second or more to import.
+
+The model reads token ids `x` [batch, length] (floats holding integers are rounded: mptc's data are
+float tensors) with an attention mask that hides the config's `pad_token_id`, or input embeddings
+[batch, length, hidden]; its last hidden state is pooled to [batch, hidden] by `pool`. Attention is the
+"eager" implementation: the hypergradient differentiates the loss twice, which fused attention kernels
+do not support.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mptc.errors import RunError
+
+
+class HFEncoder(nn.Module):
+    """A transformers model, its inputs prepared and its output pooled (see the module's docstring)."""
+
+    def __init__(self, model: nn.Module, pool: str, input: str):
+        super().__init__()
+        self.model, self.pool, self.input = model, pool, input
+        self.pad = getattr(model.config, "pad_token_id", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input == "embeds":
+            mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+            out = self.model(inputs_embeds=x, attention_mask=mask)
+        else:
+            ids = (x.round() if x.is_floating_point() else x).long()
+            mask = (ids != self.pad).long() if self.pad is not None else torch.ones_like(ids)
+            out = self.model(input_ids=ids, attention_mask=mask)
+        if self.pool == "pooler":
+            if getattr(out, "pooler_output", None) is None:
+                raise RunError(f"hf: {type(self.model).__name__} has no pooler; use pool: first or pool: mean")
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pool == "first":
+            return hidden[:, 0]
+        weights = mask.to(hidden.dtype).unsqueeze(-1)             # mean over the unmasked tokens
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def hf(path: str, pool: str = "mean", input: str = "ids") -> HFEncoder:
+    """The model saved in `path` (local files only), in train mode, pooled by `pool`."""
+    try:
+        import transformers
+    except ImportError:
+        raise RunError("hf(...) needs the transformers package: pip install transformers") from None
+    from transformers.utils import logging
+    logging.disable_progress_bar()            # mptc has its own progress bar; the run's output stays readable
+    try:
+        model = transformers.AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise RunError(f"hf: cannot load a model from {path}: {e}") from None
+    model.train()
+    return HFEncoder(model, pool, input)
