@@ -264,6 +264,9 @@ class _Expr:
     def _Apply(self, e):
         return f"apply({literal(e.module)}, params, {_top(self(e.arg))})"
 
+    def _Norm(self, e):
+        _require(False, f"l2({e.module}) (a module's parameter norm)")
+
     def _Fn(self, e):
         return f"{_function(e.name, self.fns)}({', '.join(_top(self(a)) for a in e.args)})"
 
@@ -309,6 +312,7 @@ def _check_plan(plan: ir.Plan) -> dict:
     for m in plan.metas:
         _require(m.kind in ("scalar", "vector"), f"{m.kind} meta-parameters")
     _require(not 0 < plan.train.reset_every < plan.train.meta_steps, "train reset_every")
+    _require(plan.train.dtype == "float32", f"train dtype {plan.train.dtype}")
     est = {e.stage: e.method for e in plan.estimators}
     _require(est["finetune"].name == "unroll", f"FT estimator '{est['finetune'].name}'")
     _require(est["pretrain"].name == "ift", f"PT estimator '{est['pretrain'].name}'")

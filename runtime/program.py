@@ -43,11 +43,11 @@ class Ctx:
 class Program:
     """Modules, parameters and compiled expressions of one plan on one device."""
 
-    def __init__(self, plan: ir.Plan, device: torch.device, dtype=torch.float32):
-        self.plan, self.device, self.dtype = plan, device, dtype
-        self.modules = {m.name: _build_module(m).to(device=device, dtype=dtype) for m in plan.modules}
+    def __init__(self, plan: ir.Plan, device: torch.device, dtype: torch.dtype | None = None):
+        self.plan, self.device, self.dtype = plan, device, dtype or torch_dtype(plan.train.dtype)
+        self.modules = {m.name: _build_module(m).to(device=device, dtype=self.dtype) for m in plan.modules}
         self.keys = {n: [(k, f"{n}.{k}") for k, _ in mod.named_parameters()] for n, mod in self.modules.items()}
-        self.networks = {m.name: _build_network(m).to(device=device, dtype=dtype)
+        self.networks = {m.name: _build_network(m).to(device=device, dtype=self.dtype)
                          for m in plan.metas if m.kind == "network"}
         self.net_keys = {n: [(k, f"{n}.{k}") for k, _ in net.named_parameters()] for n, net in self.networks.items()}
         self.noise_seed, self.memos = plan.train.seed, []
@@ -139,6 +139,12 @@ class Program:
             args = {k: f(c) for k, f in tensors.items()}
             return aug.apply(v, eps.to(device=v.device, dtype=v.dtype), **consts, **args)
         return augment
+
+    def _c_Norm(self, e):
+        """`l2(module)` over the module's tensors in the params dict, so an estimator differentiating the
+        loss in those parameters sees the penalty (e.g. IFT through a learned L2 strength)."""
+        fn, keys = FUNCTIONS.get("l2").load(), [full for _, full in self.keys[e.module]]
+        return lambda c: fn([c.params[k] for k in keys])
 
     def _c_Fn(self, e):
         """A function of tensors; a number argument (`sigmoid(-2)`) becomes a 0-d tensor once, here."""
@@ -232,6 +238,15 @@ def _leaves(modules: dict) -> dict[str, torch.Tensor]:
 def _build_module(m: ir.Module) -> torch.nn.Module:
     comp = (MODELS if m.role == "model" else HEADS).get(m.component.name)
     return comp.load()(**comp.runtime_args(m.component.args), in_dim=m.in_dim)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of `train dtype NAME` (the checker allows float32 and float64).
+
+        >>> torch_dtype("float64")
+        torch.float64
+    """
+    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def pick_device(name: str) -> torch.device:
