@@ -167,9 +167,12 @@ class _Checker:
             seen.add(part.name)
             total += value
         if decl.split and seen and abs(total - 1) > 1e-6:
+            # the split clause; or the last fraction a `--set data.NAME.split.PART=...` gave, in its own text
+            given = [p.span for p in decl.split if p.span.path != decl.span.path]
             first, last = decl.split[0].span, decl.split[-1].span
-            whole = Span(first.path, first.line, first.col, last.end_line, last.end_col)
-            self.err(OutOfRange(whole, f"split fractions must sum to 1, they sum to {total:g}"))
+            whole = given[-1] if given else Span(first.path, first.line, first.col, last.end_line, last.end_col)
+            note = f"with the other fractions of line {decl.span.line} of {decl.span.path}" if given else None
+            self.err(OutOfRange(whole, f"split fractions must sum to 1, they sum to {total:g}", note=note))
 
     def modules(self):
         for name, decl in self.of(ast.ModelDecl).items():
@@ -258,10 +261,14 @@ class _Checker:
             self._count(found["unroll"].span, "unroll", found["unroll"].k)
         if "data" in found:
             self.data_ref(found["data"].ref, found["data"].batch, found["data"].span)
+        named = set()
         for ident in found["unroll"].update if "unroll" in found else ():
             if ident.name not in self.of((ast.ModelDecl, ast.HeadDecl)):
                 self.err(UnknownName(ident.span, f"'{ident.name}' is not a model or head",
                                      hint=did_you_mean(ident.name, self.of((ast.ModelDecl, ast.HeadDecl)))))
+            elif ident.name in named:
+                self.err(DuplicateName(ident.span, f"'{ident.name}' is named twice in the update list"))
+            named.add(ident.name)
 
     def data_ref(self, ref: ast.Ref, batch, span):
         """The data shapes a `data.split` reference reads, or None."""

@@ -83,6 +83,9 @@ def test_other_solvers_optimizers_and_bounds_reproduce_too(tmp_path):
     (("hessian: encoder)", "hvp: auto)"), "ift(hvp: auto)"),
     (("mlp(hidden: [16, 4], activation: tanh)", "mlp(hidden: [16, 4], dropout: 0.1)"), "dropout"),
     (("log_every 2", "log_every 2 reset_every 2"), "train reset_every"),
+    (("log_every 2", "log_every 2 dtype float64"), "train dtype float64"),
+    (("loss mean(bce(ft_head(encoder(x)), y))", "loss mean(bce(ft_head(encoder(x)), y)) + 0.1 * l2(ft_head)"),
+     "l2(ft_head) (a module's parameter norm)"),
 ])
 def test_plans_outside_the_subset_are_a_clear_error(tmp_path, capsys, change, message):
     spec = tmp_path / "tiny.mpt"

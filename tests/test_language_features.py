@@ -10,6 +10,8 @@
    errors in the `--set` text.
 """
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,8 @@ import torch
 from mptc.cli import main
 from mptc.compiler.ir import to_json
 from mptc.compiler.lower import compile_spec
-from mptc.errors import BadArgument, MissingPart, OutOfRange, SpecErrors, UnknownName
+from mptc.errors import (BadArgument, DuplicateName, MissingPart, OutOfRange, SpecErrors, UnknownComponent,
+                         UnknownName)
 from mptc.runtime.data import Data
 from mptc.runtime.estimators import ift
 from mptc.runtime.program import Program
@@ -170,9 +173,9 @@ def ridge():
     eps = 1e-5                                                  # the closed form, checked by differences
     fd = (val(optimum(log_lam + eps)[1]) - val(optimum(log_lam - eps)[1])) / (2 * eps)
     assert abs(float(exact - fd)) < 1e-8 * abs(float(exact)) and abs(float(exact)) > 1e-3
-    params = prog.init_params()
+    params, metas = prog.init_params(), prog.init_metas()     # the spec's log_lambda, -1, in the plan's dtype
+    assert metas["log_lambda"].dtype == params["encoder.weight"].dtype == torch.float64
     params["encoder.weight"] = t.T.clone().requires_grad_()
-    metas = {"log_lambda": log_lam.clone().requires_grad_()}
     return dict(plan=plan, prog=prog, params=params, metas=metas, pt=(X, y), val=(Xv, yv), exact=exact, t=t)
 
 
@@ -257,3 +260,155 @@ def test_l2_arity_a_meta_network_and_a_module_applied_nowhere_are_errors():
     assert (type(e), e.span.line, e.span.col, e.message) == (
         MissingPart, 5, 6, "head 'extra' is applied to no input, so its input size is unknown: apply it in a "
         "loss, e.g. extra(encoder(x)), or remove it")
+
+
+# ---- 3. what --set reaches ------------------------------------------------------------------------------
+BARE = "\n".join(line for line in TINY.splitlines() if not line.startswith("hypergradient")).replace(
+    "  unroll 2 }", " }")                                      # no hypergradient declaration, no unroll clause
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "ir" / "overrides.json"
+
+# (case, spec, overrides, the part of the plan they change)
+GOOD_OVERRIDES = [
+    ("estimator added", BARE, ["hypergradient.pretrain=ift(cg(iters: 20))"], "estimators"),
+    ("estimator replaced", TINY, ["hypergradient.pretrain=unroll"], "estimators"),
+    ("finetune estimator", BARE, ["hypergradient.finetune=unroll"], "estimators"),
+    ("estimator argument", TINY, ["hypergradient.pretrain.hvp=auto"], "estimators"),
+    ("default estimator's argument", BARE, ["hypergradient.pretrain.solver=cg(iters: 5)"], "estimators"),
+    ("update list", TINY, ["finetune.update=ft_head,encoder"], "finetune"),
+    ("update list, brackets", TINY, ["finetune.update=[encoder, ft_head]"], "finetune"),
+    ("update list, unroll clause added", BARE, ["finetune.update=ft_head,encoder"], "finetune"),
+    ("split fractions", TINY, ["data.ft.split.train=0.2", "data.ft.split.test=0.5"], "splits"),
+]
+
+
+def _part(plan, part):
+    if part == "estimators":
+        return to_json(plan.estimators)
+    if part == "finetune":
+        return {"unroll": plan.finetune.unroll, "trains": list(plan.finetune.trains)}
+    return {d.name: [list(s) for s in d.splits] for d in plan.datasets}
+
+
+def test_overrides_change_the_plan_as_the_golden_file_says():
+    """`UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_language_features.py` rewrites the file."""
+    got = {case: _part(compile_spec(spec, "s.mpt", items), part) for case, spec, items, part in GOOD_OVERRIDES}
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(got, indent=2) + "\n", encoding="utf-8")
+    assert got == json.loads(GOLDEN.read_text(encoding="utf-8"))
+
+
+def test_what_the_golden_file_holds():
+    """The golden file read back in words: each override changed its part and nothing else."""
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    methods = {case: {e["stage"]: e["method"] for e in golden[case]} for case, *_, part in GOOD_OVERRIDES
+               if part == "estimators"}
+    assert methods["estimator added"]["pretrain"]["args"]["solver"]["args"]["iters"] == 20
+    assert methods["estimator replaced"]["pretrain"]["name"] == "unroll"
+    assert methods["estimator argument"]["pretrain"]["args"]["hvp"] == "auto"
+    assert methods["estimator argument"]["pretrain"]["args"]["solver"]["args"]["iters"] == 10   # kept
+    assert methods["default estimator's argument"]["pretrain"]["args"]["solver"]["name"] == "cg"
+    assert golden["update list"] == {"unroll": 2, "trains": ["ft_head", "encoder"]}
+    assert golden["update list, brackets"] == {"unroll": 2, "trains": ["encoder", "ft_head"]}
+    assert golden["update list, unroll clause added"] == {"unroll": 1, "trains": ["ft_head", "encoder"]}
+    assert golden["split fractions"]["ft"] == [["train", 0.2], ["val", 0.3], ["test", 0.5]]
+    bare = compile_spec(BARE, "s.mpt")
+    assert [e.method.args["solver"].name for e in bare.estimators[:1]] == ["neumann"]    # the defaults, untouched
+    assert (bare.finetune.unroll, bare.finetune.trains) == (1, ("ft_head",))
+
+
+def test_the_overridden_plan_runs(tmp_path):
+    spec = tmp_path / "bare.mpt"
+    spec.write_text(BARE)
+    out = tmp_path / "r"
+    _run(spec, out, "hypergradient.pretrain=ift(cg(iters: 20))", "finetune.update=ft_head,encoder",
+         "data.ft.split.train=0.3", "data.ft.split.val=0.4")
+    ir = json.loads((out / "ir.json").read_text())
+    assert ir["finetune"]["trains"] == ["ft_head", "encoder"] and ir["datasets"][1]["splits"][0] == ["train", 0.3]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["solver_iters"] <= 20 and rows[-1]["solver_residual"] is not None
+
+
+# item, error class, (col, end_col) in `--set ITEM`, message, hint
+BAD_OVERRIDES = [
+    ("hypergradient.pretrian=unroll", UnknownName, (15, 23),
+     "unknown stage 'pretrian' (hypergradients pass through pretrain, finetune)", "pretrain"),
+    ("hypergradient.finetune=ift", BadArgument, (24, 27), "'ift' does not apply to the finetune stage (use unroll)",
+     None),
+    ("hypergradient.pretrain=ift(cg(itres: 20))", BadArgument, (31, 40),
+     "cg has no parameter 'itres' (it takes iters, damping, tol)", "iters"),
+    ("hypergradient.pretrain=iftt", UnknownComponent, (24, 28),
+     "unknown estimator 'iftt' (known: ift, search, unroll)", "ift"),
+    ("hypergradient.pretrain=3", BadArgument, (24, 25),
+     "--set hypergradient.pretrain=... takes a component, e.g. NAME(ARG: VALUE)", None),
+    ("hypergradient.pretrain.hvp=autoo", BadArgument, (28, 33),
+     "'hvp' must be one of reverse-over-reverse, forward-over-reverse, finite-difference, auto", "auto"),
+    ("hypergradient=ift", BadArgument, (1, 14),
+     "use --set hypergradient.STAGE=ESTIMATOR or hypergradient.STAGE.ARGUMENT=VALUE", None),
+    ("finetune.update=ft_head,encodr", UnknownName, (25, 31), "'encodr' is not a model or head", "encoder"),
+    ("finetune.update=ft_head,pt_head", BadArgument, (25, 32),
+     "'pt_head' is not used by the finetune loss: the unrolled FT steps cannot update it (the loss uses encoder, "
+     "ft_head)", None),
+    ("finetune.update=ft_head,ft_head", DuplicateName, (25, 32), "'ft_head' is named twice in the update list", None),
+    ("finetune.update=ft_head,,encoder", BadArgument, (17, 33),
+     "--set finetune.update takes module names separated by commas, e.g. finetune.update=ft_head,encoder", None),
+    ("finetune.update=ft_head,2", BadArgument, (25, 26),
+     "--set finetune.update takes module names separated by commas, e.g. finetune.update=ft_head,encoder", None),
+    ("finetune.update=[]", BadArgument, (17, 19),
+     "--set finetune.update takes module names separated by commas, e.g. finetune.update=ft_head,encoder", None),
+    ("data.ft.split.train=0.2", OutOfRange, (15, 24), "split fractions must sum to 1, they sum to 0.8", None),
+    ("data.ft.split.trian=0.2", UnknownName, (15, 20),
+     "data 'ft' has no split 'trian' (its splits are train, val, test)", "train"),
+    ("data.pt.split.train=0.5", UnknownName, (1, 20), "data 'pt' has no split clause to override", None),
+    ("data.ftt.split.train=0.5", UnknownName, (1, 21), "no data 'ftt' in the spec", "ft"),
+    ("data.ft.splits.train=0.4", BadArgument, (1, 21),
+     "use --set data.NAME.ARGUMENT=VALUE, data.NAME=COMPONENT(ARGS) or data.NAME.split.PART=FRACTION",
+     "data.ft.split.train"),
+]
+
+
+@pytest.mark.parametrize("item, cls, cols, message, hint", BAD_OVERRIDES, ids=[b[0] for b in BAD_OVERRIDES])
+def test_a_bad_override_is_an_error_located_in_its_text(item, cls, cols, message, hint):
+    [e] = errors_of(TINY, [item])
+    assert (type(e), e.span.path, e.span.line, (e.span.col, e.span.end_col), e.message, e.hint) == (
+        cls, f"--set {item}", 1, cols, message, hint)
+
+
+def test_a_fraction_out_of_range_is_located_at_the_override():
+    """(The sum of the fractions left is reported too, as for a spec's own split clause.)"""
+    errors = errors_of(TINY, ["data.ft.split.train=0"])
+    assert [(e.span.path, e.span.col, e.span.end_col, e.message) for e in errors] == [
+        ("--set data.ft.split.train=0", 15, 22, "split fractions must sum to 1, they sum to 0.6"),
+        ("--set data.ft.split.train=0", 21, 22, "split fraction must be in (0, 1), got 0")]
+
+
+RENDERED = {
+    "finetune.update=ft_head,encodr": """\
+--set finetune.update=ft_head,encodr:1:25: error: 'encodr' is not a model or head
+1 | finetune.update=ft_head,encodr
+  |                         ^^^^^^
+  = did you mean 'encoder'?
+mptc: 1 error
+""",
+    "data.ft.split.train=0.2": """\
+--set data.ft.split.train=0.2:1:15: error: split fractions must sum to 1, they sum to 0.8
+1 | data.ft.split.train=0.2
+  |               ^^^^^^^^^
+  = note: with the other fractions of line 4 of tiny.mpt
+mptc: 1 error
+""",
+    "hypergradient.pretrian=unroll": """\
+--set hypergradient.pretrian=unroll:1:15: error: unknown stage 'pretrian' (hypergradients pass through pretrain, finetune)
+1 | hypergradient.pretrian=unroll
+  |               ^^^^^^^^
+  = did you mean 'pretrain'?
+mptc: 1 error
+""",
+}
+
+
+@pytest.mark.parametrize("item", RENDERED)
+def test_a_bad_override_renders_with_carets_under_its_text(item, tmp_path, capsys, monkeypatch):
+    (tmp_path / "tiny.mpt").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "tiny.mpt", "--set", item]) == 2
+    assert capsys.readouterr().err == RENDERED[item]
