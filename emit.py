@@ -272,6 +272,9 @@ class _Expr:
     def _Apply(self, e):
         return f"apply({literal(e.module)}, params, {_top(self(e.arg))})"
 
+    def _Norm(self, e):
+        _require(False, f"l2({e.module}) (a module's parameter norm)")
+
     def _Fn(self, e):
         return f"{_function(e.name, self.fns)}({', '.join(_top(self(a)) for a in e.args)})"
 
@@ -318,6 +321,7 @@ def _check_plan(plan: ir.Plan) -> None:
         _require(m.kind in ("scalar", "vector"), f"{m.kind} meta-parameters")
     for e in plan.estimators:
         _require(e.method.name in SUPPORTED_ESTIMATORS, f"{e.stage} estimator '{e.method.name}'")
+    _require(plan.train.dtype == "float32", f"train dtype {plan.train.dtype}")
 
 
 def _built(kind: str, comp: ir.Component, emb: "Embedder") -> Code:

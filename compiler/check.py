@@ -35,7 +35,9 @@ TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1, max=10 ** 8), Param("war
                  Param("max_nonfinite", "int", 5, min=1, doc="non-finite hypergradients in a row that stop a run"),
                  Param("reset_every", "int", 0, min=0,
                        doc="meta-steps per cycle: then the PT model and FT head restart from new initial values "
-                           "and warm up again (0: never)"))
+                           "and warm up again (0: never)"),
+                 Param("dtype", "choice", "float32", choices=("float32", "float64"),
+                       doc="the floating-point type of the modules, meta-parameters and data"))
 # The optimizer of a stage (or of the meta-parameters) that names none: the registry's defaults with these
 # arguments (the published ones: Adam for PT, SGD 0.1 for the FT head, Adam lr 1 for task weights).
 DEFAULT_OPTIMIZER = {"pretrain": ("adam", {}), "finetune": ("sgd", {"lr": 0.1}), "meta": ("adam", {"lr": 1.0})}
@@ -218,9 +220,12 @@ class _Checker:
             seen.add(part.name)
             total += value
         if decl.split and seen and abs(total - 1) > 1e-6:
+            # the split clause; or the last fraction a `--set data.NAME.split.PART=...` gave, in its own text
+            given = [p.span for p in decl.split if p.span.path != decl.span.path]
             first, last = decl.split[0].span, decl.split[-1].span
-            whole = Span(first.path, first.line, first.col, last.end_line, last.end_col)
-            self.err(OutOfRange(whole, f"split fractions must sum to 1, they sum to {total:g}"))
+            whole = given[-1] if given else Span(first.path, first.line, first.col, last.end_line, last.end_col)
+            note = f"with the other fractions of line {decl.span.line} of {decl.span.path}" if given else None
+            self.err(OutOfRange(whole, f"split fractions must sum to 1, they sum to {total:g}", note=note))
 
     def modules(self):
         for name, decl in self.of(ast.ModelDecl).items():
@@ -320,10 +325,14 @@ class _Checker:
             self._count(found["unroll"].span, "unroll", found["unroll"].k)
         if "data" in found:
             self.data_ref(found["data"].ref, found["data"].batch, found["data"].span)
+        named = set()
         for ident in found["unroll"].update if "unroll" in found else ():
             if ident.name not in self.of((ast.ModelDecl, ast.HeadDecl)):
                 self.err(UnknownName(ident.span, f"'{ident.name}' is not a model or head",
                                      hint=did_you_mean(ident.name, self.of((ast.ModelDecl, ast.HeadDecl)))))
+            elif ident.name in named:
+                self.err(DuplicateName(ident.span, f"'{ident.name}' is named twice in the update list"))
+            named.add(ident.name)
 
     def data_ref(self, ref: ast.Ref, batch, span):
         """The data shapes a `data.split` reference reads, or None."""
@@ -543,9 +552,30 @@ class _Checker:
             self.err(BadArgument(expr.span, f"{name} takes {n} argument{'s' if n != 1 else ''}, "
                                  f"got {len(expr.args)}"))
             return None
-        shapes = [self.shape(a, scope) for a in expr.args]
+        shapes = [self.module_arg(name, a) if p.kind == "module" else self.shape(a, scope)
+                  for p, a in zip(comp.params, expr.args)]
         self.used(comp)
         return self._rule(comp, expr, None, shapes)
+
+    def module_arg(self, fn: str, expr):
+        """A function's module argument, `l2(encoder)`: a model or head, by name (it has no shape)."""
+        modules = self.of((ast.ModelDecl, ast.HeadDecl))
+        name = expr.dotted if type(expr) is ast.Ref else None
+        if name in modules:
+            return None
+        decl = self.decls.get(name)
+        if name is None:
+            applied = expr.func.dotted if type(expr) is ast.Call and expr.func.dotted in modules else None
+            self.err(BadArgument(expr.span, f"{fn} takes a model or head by name, e.g. "
+                                 f"{fn}({applied or next(iter(modules), 'encoder')})",
+                                 hint=applied and f"{fn}({applied})"))
+        elif decl is not None or name in INPUTS:
+            what = ("the batch's input" if name in INPUTS else "a meta network, whose weights are meta-parameters "
+                    "(the meta_optimizer's weight_decay decays them)" if _is_network(decl) else _KIND_OF[type(decl)])
+            self.err(BadArgument(expr.span, f"{fn} takes a model or head, and '{name}' is {what}"))
+        else:
+            self.err(UnknownName(expr.span, f"unknown model or head '{name}'", hint=did_you_mean(name, modules)))
+        return None
 
     def _apply(self, expr, decl, scope):
         if len(expr.args) != 1 or expr.kwargs:
@@ -712,11 +742,26 @@ class _Checker:
                 self.err(UnusedMeta(decl.name_span, f"meta-parameter '{name}' is used by no loss (nor by a let "
                                     f"that a loss uses): its hypergradient would always be zero"))
         modules = self.of((ast.ModelDecl, ast.HeadDecl))
+        self._applied_somewhere(modules)
         ft_uses = [m for m in modules if m in _free(ft["loss"].expr, let_free)]
         for ident in ft["unroll"].update if "unroll" in ft else ():
             if ident.name in modules and ident.name not in ft_uses:
                 self.err(BadArgument(ident.span, f"'{ident.name}' is not used by the finetune loss: the unrolled "
                                      f"FT steps cannot update it (the loss uses {', '.join(ft_uses) or 'no module'})"))
+
+    def _applied_somewhere(self, modules):
+        """A module's input size is inferred from where it is applied: one applied nowhere (declared, or
+        only named by `l2(...)`) could not be built."""
+        applied = set().union(*(calls for _, calls in self.let_names.values()))
+        for found in self.stages.values():
+            applied |= set().union(*(_calls(c) for key, c in found.items() if key != "_node"))
+        applied |= _calls(self.singles["meta_objective"].expr)
+        for name, decl in modules.items():
+            if name not in applied:
+                model = next(iter(self.of(ast.ModelDecl)), "encoder")
+                example = f"{name}(x)" if isinstance(decl, ast.ModelDecl) else f"{name}({model}(x))"
+                self.err(MissingPart(decl.name_span, f"{_role(decl)} '{name}' is applied to no input, so its "
+                                     f"input size is unknown: apply it in a loss, e.g. {example}, or remove it"))
 
     def run(self) -> Checked:
         self.imports()
@@ -800,6 +845,8 @@ def _role(decl) -> str:
     return "model" if isinstance(decl, ast.ModelDecl) else "head"
 
 
+_KIND_OF = {ast.DataDecl: "a dataset", ast.MetaDecl: "a meta-parameter", ast.LetDecl: "a let",
+            ast.SpaceDecl: "a space"}  # what a name that is no module names, for `l2(name)`
 _DEVICE_ALIASES = {"gpu": "cuda", "cuda0": "cuda:0", "gpu:0": "cuda:0"}  # what people write for cuda
 
 

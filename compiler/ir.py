@@ -103,7 +103,14 @@ class Augment:
     input: "IExpr"
 
 
-IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index, Augmented, Augment]
+@frozen
+class Norm:
+    """`l2(module)`: the sum of the squares of a model's or head's parameters."""
+
+    module: str
+
+
+IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index, Augmented, Augment, Norm]
 
 
 # ---- the plan ------------------------------------------------------------------------------------
@@ -225,6 +232,7 @@ class Train:
     log_every: int
     max_nonfinite: int
     reset_every: int
+    dtype: str  # of the modules, meta-parameters and data: float32 or float64
 
 
 @frozen

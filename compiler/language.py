@@ -34,4 +34,5 @@ STAGE_CLAUSES = {"pretrain": ("data", "loss", "optimizer", "steps", "augment"),
 
 # what `--set ROOT.…=VALUE` reaches (compiler/overrides.py)
 OVERRIDE_PREFIX = "--set "  # an override's errors point into the synthetic file `--set ITEM`, whose text is ITEM
-OVERRIDE_ROOTS = ("data", "model", "head", "train", "meta_optimizer", "evaluate", "pretrain", "finetune", "meta")
+OVERRIDE_ROOTS = ("data", "model", "head", "train", "meta_optimizer", "evaluate", "pretrain", "finetune", "meta",
+                  "hypergradient")

@@ -38,6 +38,9 @@ class _Lower:
         self.c = c
         self.metas = {n for n, d in c.decls.items() if isinstance(d, ast.MetaDecl)}
         self.lets = {n: d for n, d in c.decls.items() if isinstance(d, ast.LetDecl)}
+        self.applied = {n for n, d in c.decls.items()        # what `name(input)` applies (not a let's name)
+                        if isinstance(d, (ast.ModelDecl, ast.HeadDecl)) or isinstance(getattr(d, "type", None),
+                                                                                      ast.NetworkType)}
 
     def expr(self, e) -> ir.IExpr:
         kind = type(e)  # the commonest kinds first: a 1,000-line spec lowers thousands of these
@@ -50,10 +53,12 @@ class _Lower:
             return ir.Const(e.value)
         if kind is ast.Call:
             name = e.func.dotted
-            if name in self.c.decls:
+            if name in self.applied:
                 return ir.Apply(name, self.expr(e.args[0]))
             if id(e) in self.c.args:                     # an augmentation called on its input
                 return ir.Augment(*self.augment_args(e), self.expr(e.args[0]))
+            if name == "l2":                             # of a module, named (the checker saw to it)
+                return ir.Norm(e.args[0].dotted)
             return ir.Fn(name, tuple(self.expr(a) for a in e.args))
         if kind is ast.ListExpr:
             return ir.Const(fold(e))

@@ -341,6 +341,12 @@ FUNCTIONS.register("ce", [Param("logits", "tensor"), Param("target", "tensor")],
                    doc="softmax cross-entropy against class indices, per example")
 for _name in ("mean", "sum"):
     FUNCTIONS.register(_name, [_T], target=f"mptc.runtime.functions:{_name}", shape=_scalar)
+# a parameter of kind "module" takes a model or head by name (the checker checks the name, it has no shape);
+# l2 is the one such function: lowering makes `l2(m)` the IR node Norm(m), which the Program sums from the params
+FUNCTIONS.register("l2", [Param("module", "module", doc="a model or head, by name")],
+                   target="mptc.runtime.functions:l2", shape=_scalar,
+                   doc="the sum of the squares of a module's parameters (biases included), e.g. a learned "
+                       "penalty exp(log_lambda) * l2(encoder)")
 
 
 def _column(args, shapes):

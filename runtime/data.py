@@ -10,6 +10,7 @@ import torch
 from mptc.compiler import ir
 from mptc.errors import RunError
 from mptc.components.registry import DATASETS
+from mptc.runtime.program import torch_dtype
 
 _STREAMS = ("pretrain", "finetune", "objective")
 
@@ -70,14 +71,24 @@ def heldout_splits(splits: dict, name: str) -> dict:
     return out
 
 
+def _placed(t, device: torch.device, dtype: torch.dtype):
+    """`t` on the device; a float tensor (x, multi-label y) also in the run's dtype. Class indices keep
+    their integer type, and a graph store (graphs.Graphs) its own: the GIN reads its node features in
+    its weights' dtype."""
+    if torch.is_tensor(t) and t.is_floating_point():
+        return t.to(device=device, dtype=dtype)
+    return t.to(device)
+
+
 class Data:
     """Datasets by name and the batch streams of the plan's stages."""
 
-    def __init__(self, plan: ir.Plan, device: torch.device):
+    def __init__(self, plan: ir.Plan, device: torch.device, dtype: torch.dtype | None = None):
         self.plan, self.device, self.sets = plan, device, {}
+        self.dtype = dtype or torch_dtype(plan.train.dtype)
         for source in plan.datasets:
             self.sets[source.name] = _build(source, self.sets)
-        self.tensors = {n: {s: tuple(t.to(device) for t in xy) for s, xy in ds.splits.items()}
+        self.tensors = {n: {s: tuple(_placed(t, device, self.dtype) for t in xy) for s, xy in ds.splits.items()}
                         for n, ds in self.sets.items()}
         self.refs = {"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data}
         self.reseed(plan.train.seed)

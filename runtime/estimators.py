@@ -44,7 +44,7 @@ def unroll_ft(loss_ft: Callable, loss_val: Callable, params: dict, metas: dict, 
     for step in range(k):
         x, y = ft_batches[step % len(ft_batches)]
         loss = loss_ft({**theta, **dict(zip(update, psi))}, metas, x, y)
-        g = torch.autograd.grad(loss, psi, create_graph=True)          # dL_FT/dpsi, kept differentiable
+        g = _grad(loss, psi, create_graph=True)          # dL_FT/dpsi, kept differentiable
         psi, opt_state = opt.update(psi, list(g), opt_state)            # psi_{k+1} = Alg_FT(psi_k, theta)
     x, y = val_batch
     l_val = loss_val({**theta, **dict(zip(update, psi))}, metas, x, y)
@@ -71,7 +71,7 @@ def hessian(loss_pt: Callable, params: dict, metas: dict, batch, keys: list[str]
     theta = [params[n] for n in keys]
     x, y = batch
     if g is None:
-        g = torch.autograd.grad(loss_pt(params, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta
+        g = _grad(loss_pt(params, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta
     if mode == _ROR and hessian_batch is None:
         return g, MAKERS[mode](None, theta, g)                          # H u = d(g . u)/dtheta, same graph
     sub = (x, y) if hessian_batch is None else (x[:hessian_batch], y[:hessian_batch])
@@ -91,7 +91,7 @@ def _mixed(loss_pt: Callable, params: dict, metas: dict, keys: list[str], g: lis
             return lambda ts: _grad(loss_pt({**params, **dict(zip(keys, ts))}, metas, *batch), phis)
         per_batch = [central_difference(grad_phi(b), [t.detach() for t in theta], p) for b in batches]
     else:
-        grads = [g] + [torch.autograd.grad(loss_pt(params, metas, *b), theta, create_graph=True)
+        grads = [g] + [_grad(loss_pt(params, metas, *b), theta, create_graph=True)
                        for b in batches[1:]]
         per_batch = [_grad(gk, phis, grad_outputs=p) for gk in grads]
     return [sum(parts) / len(batches) for parts in zip(*per_batch)]
@@ -148,7 +148,7 @@ def unroll_pt(loss_pt: Callable, params0: dict, metas: dict, keys: list[str], op
     theta, state = [params0[n].detach().requires_grad_() for n in keys], opt_state0
     for x, y in batches:
         current = {**params0, **dict(zip(keys, theta))}
-        g = torch.autograd.grad(loss_pt(current, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta_i
+        g = _grad(loss_pt(current, metas, x, y), theta, create_graph=True)  # dL_PT/dtheta_i
         theta, state = opt.update(theta, list(g), state)                # theta_{i+1}, differentiable in phi
     names = list(metas)
     hg = _grad(theta, [metas[n] for n in names], grad_outputs=v)         # v^T dtheta_P/dphi

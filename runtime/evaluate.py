@@ -153,8 +153,10 @@ def _prepare(encoder: torch.nn.Module, splits: dict, mode: str) -> tuple[torch.n
     """Encoder + fresh head (``"full"``), or a head on precomputed frozen features (``"linear"``)."""
     encoder.eval()
     with torch.no_grad():
-        width = encoder(splits["train"][0][:2]).reshape(2, -1).shape[1]
-    head = torch.nn.Linear(width, splits["train"][1].shape[1])
+        features = encoder(splits["train"][0][:2]).reshape(2, -1)
+    # the head in the encoder's dtype (a `train dtype float64` run's), not torch's default
+    head = torch.nn.Linear(features.shape[1], splits["train"][1].shape[1], dtype=features.dtype,
+                           device=features.device)
     torch.nn.init.zeros_(head.weight)  # see the module docstring
     torch.nn.init.zeros_(head.bias)
     if mode == "full":
@@ -187,7 +189,8 @@ def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Ten
     """One shuffled pass of Adam steps on BCE-with-logits."""
     model.train()
     for idx in torch.randperm(len(x), generator=gen).split(batch):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx]), y[idx].float())
+        logits = model(x[idx])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx].to(logits.dtype))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

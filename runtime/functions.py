@@ -46,6 +46,19 @@ def sum(t):  # noqa: A001 - the spec's name
     return t.sum()
 
 
+def l2(module):
+    """``l2(encoder)``: the sum of the squares of a module's parameters, biases included (``module`` is
+    the list of its parameter tensors, read from the parameter dict: runtime/program.py).
+
+        >>> float(l2([torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]))
+        14.0
+    """
+    total = 0  # (`sum` is the spec's function here)
+    for t in module:
+        total = total + (t * t).sum()
+    return total
+
+
 def detach(t):
     """The value without its gradient (e.g. a per-example loss fed to a weighting network as an input)."""
     return t.detach()

@@ -273,7 +273,7 @@ class GIN(nn.Module):
 
     def forward(self, graphs) -> Tensor:
         batch = graphs.collate() if isinstance(graphs, Graphs) else graphs
-        h = self.node_encoder(batch.x.float())
+        h = self.node_encoder(batch.x.to(self.node_encoder.weight.dtype))   # the run's dtype (train dtype)
         hs = [h]
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             h = norm(conv(h, batch.edge_index, batch.edge_attr))

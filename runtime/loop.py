@@ -132,7 +132,8 @@ class Stages:
         that reuses it) keeps the step's gradient differentiable in theta and phi."""
         metas = state.metas if keep else {n: t.detach() for n, t in state.metas.items()}
         loss = self.loss_pt(state.params, metas, *batch)
-        grads = torch.autograd.grad(loss, self.sel(state.params, self.pt_keys), create_graph=keep)
+        grads = torch.autograd.grad(loss, self.sel(state.params, self.pt_keys), create_graph=keep,
+                                    allow_unused=True, materialize_grads=True)  # a pooler the loss never reaches: 0
         if keep:
             state.est["kept"] = (dict(state.params), grads)   # the point theta_{P-1} and dL_PT/dtheta there
         if self.pt.replays(state):                      # a step the estimator replays: the replay's arithmetic
@@ -157,7 +158,7 @@ class Stages:
         not train), features detached: the encoder is trained by PT only, whatever `update` says."""
         view = {k: (t if k in self.online_keys else t.detach()) for k, t in state.params.items()}
         loss = self.loss_ft(view, state.metas, *batch)
-        grads = torch.autograd.grad(loss, self.sel(view, self.online_keys))
+        grads = torch.autograd.grad(loss, self.sel(view, self.online_keys), allow_unused=True, materialize_grads=True)
         state.ft_opt = self.apply(state, self.online_keys, self.ft_opt, state.ft_opt, grads)
 
     def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):

@@ -51,8 +51,8 @@ class Ctx:
 class Program:
     """Modules, parameters and compiled expressions of one plan on one device."""
 
-    def __init__(self, plan: ir.Plan, device: torch.device, dtype=torch.float32):
-        self.plan, self.device, self.dtype = plan, device, dtype
+    def __init__(self, plan: ir.Plan, device: torch.device, dtype: torch.dtype | None = None):
+        self.plan, self.device, self.dtype = plan, device, dtype or torch_dtype(plan.train.dtype)
         self.noise_seed, self.memos = plan.train.seed, []
         self.modules, self.keys, self.networks, self.net_keys = {}, {}, {}, {}
         self._decls = {m.name: m for m in plan.modules} | {m.name: m for m in plan.metas if m.kind == "network"}
@@ -261,6 +261,12 @@ class Program:
             return aug.apply(v, eps.to(device=v.device, dtype=v.dtype), **consts, **args)
         return augment
 
+    def _c_Norm(self, e):
+        """`l2(module)` over the module's tensors in the params dict, so an estimator differentiating the
+        loss in those parameters sees the penalty (e.g. IFT through a learned L2 strength)."""
+        fn, keys = FUNCTIONS.get("l2").load(), [full for _, full in self.keys[e.module]]
+        return lambda c: fn([c.params[k] for k in keys])
+
     def _c_Fn(self, e):
         """A function of tensors; a number argument (`sigmoid(-2)`) becomes a 0-d tensor once, here."""
         fn, args = FUNCTIONS.get(e.name).load(), [self._tensor_arg(a) for a in e.args]
@@ -381,6 +387,15 @@ def _leaves(modules: dict) -> dict[str, torch.Tensor]:
     """`{"module.local_name": tensor}`: the modules' parameters copied as leaf tensors that require grad."""
     return {f"{n}.{k}": p.detach().clone().requires_grad_() for n, mod in modules.items()
             for k, p in mod.named_parameters()}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of `train dtype NAME` (the checker allows float32 and float64).
+
+        >>> torch_dtype("float64")
+        torch.float64
+    """
+    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def pick_device(name: str) -> torch.device:

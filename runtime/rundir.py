@@ -18,7 +18,6 @@ RunError naming the file and the key; a metrics.jsonl row writes one as `null`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os

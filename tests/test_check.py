@@ -341,7 +341,7 @@ def test_later_overrides_win_and_the_spec_text_is_untouched():
 BAD_OVERRIDES = [
     # item, class, (col, end_col) in `--set ITEM`, message, hint
     ("train.sede=3", BadArgument, (7, 11),
-     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, reset_every)", "seed"),
+     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, reset_every, dtype)", "seed"),
     ("train.seed=x", BadArgument, (12, 13), "'seed' must be an integer, got a name", None),
     ("train.seed=1.5", BadArgument, (12, 15), "'seed' must be an integer, got 1.5", None),
     ('train.seed="3"', BadArgument, (12, 15), "'seed' must be an integer, got '3'", None),
@@ -349,11 +349,11 @@ BAD_OVERRIDES = [
     ("train.reset_every=-1", OutOfRange, (19, 21), "'reset_every' must be >= 0, got -1", None),
     ("train.reset_evry=4", BadArgument, (7, 17),
      "unknown train option 'reset_evry' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, "
-     "reset_every)", "reset_every"),
+     "reset_every, dtype)", "reset_every"),
     ("train.device=gpu", BadArgument, (14, 17), "device must be auto, cpu, cuda or cuda:N, got gpu", "cuda"),
     ("trian.seed=1", UnknownName, (1, 11),
      "unknown override root 'trian' (known: data, model, head, train, meta_optimizer, evaluate, pretrain, finetune, "
-     "meta)", "train"),
+     "meta, hypergradient)", "train"),
     ("train=3", BadArgument, (1, 6), "use --set train.KEY=VALUE", None),
     ("meta_optimizer=3", BadArgument, (16, 17), "--set meta_optimizer=... takes a component, e.g. NAME(ARG: VALUE)",
      None),
@@ -367,14 +367,15 @@ BAD_OVERRIDES = [
     ("pretrain.optimizer.lrr=1e-4", BadArgument, (20, 28),
      "adam has no parameter 'lrr' (it takes lr, beta1, beta2, eps, weight_decay, halflife)", "lr"),
     ("pretrain.optimiser.lr=1", UnknownName, (1, 22),
-     "cannot override 'optimiser.lr' of pretrain (try: optimizer.lr, optimizer, steps, unroll, data.batch)", "optimizer.lr"),
+     "cannot override 'optimiser.lr' of pretrain (try: optimizer.lr, optimizer, steps, data.batch)", "optimizer.lr"),
     ("data.pt.seed=x", BadArgument, (14, 15), "'seed' must be an integer, got a name", None),
     ("data.pt.sed=2", BadArgument, (9, 14),
      "synthetic.multitask has no parameter 'sed' (it takes examples, dim, tasks, related, adversarial, factors, "
      "related_factors, noise, prototypes, spread, seed)", "seed"),
     ("data.ptt.seed=2", UnknownName, (1, 14), "no data 'ptt' in the spec", "pt"),
     ("data.pt=2", BadArgument, (9, 10), "--set data.pt=... takes a component, e.g. NAME(ARG: VALUE)", None),
-    ("data=2", BadArgument, (1, 5), "use --set data.NAME.ARGUMENT=VALUE or data.NAME=COMPONENT(ARGS)", None),
+    ("data=2", BadArgument, (1, 5),
+     "use --set data.NAME.ARGUMENT=VALUE, data.NAME=COMPONENT(ARGS) or data.NAME.split.PART=FRACTION", None),
     ("finetune.unroll=0", OutOfRange, (10, 18), "unroll must be >= 1, got 0", None),
     ("finetune.unroll=2.5", BadArgument, (17, 20), "'unroll' must be an integer", None),
     ("finetune.steps=2", UnknownName, (1, 15), "'finetune' has no 'steps' clause to override", None),

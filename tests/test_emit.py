@@ -112,6 +112,9 @@ def test_the_script_runs_mptcs_own_loop_so_every_loop_feature_reproduces(tmp_pat
     (("mlp(hidden: [16, 4], activation: tanh)", "mlp(hidden: [16, 4], dropout: 0.1)"), "dropout"),
     (("ift(cg(iters: 3, damping: 0.1), hessian: encoder)", "search(random, trials: 2)"),
      "pretrain estimator 'search'"),
+    (("log_every 2", "log_every 2 dtype float64"), "train dtype float64"),
+    (("loss mean(bce(ft_head(encoder(x)), y))", "loss mean(bce(ft_head(encoder(x)), y)) + 0.1 * l2(ft_head)"),
+     "l2(ft_head) (a module's parameter norm)"),
 ])
 def test_plans_outside_the_subset_are_a_clear_error(tmp_path, capsys, change, message):
     spec = tmp_path / "tiny.mpt"

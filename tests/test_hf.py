@@ -117,11 +117,6 @@ def test_meta_training_through_a_pretrained_encoder(project):
     assert len(w) == 4 and all(np.isfinite(w)) and w != [0.0] * 4
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "the runtime's autograd.grad calls refuse parameters the loss does not reach (here BERT's pooler, with "
-    "pool: mean): executor.py Trainer.pt_step and estimators.py unroll_ft/hessian/_mixed/unroll_pt need "
-    "allow_unused=True, materialize_grads=True (estimators._grad); when that lands this test passes: drop "
-    "the mark"))
 def test_parameters_the_loss_does_not_reach_get_zero_gradients(project):
     path = write(project, ", pool: mean", "mean.mpt")
     from mptc.runtime.executor import run_plan
