@@ -35,7 +35,8 @@ from mptc.errors import RunError
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Modules whose definitions may be copied; each must need only math, typing, torch (and attrs, rewritten)
 EMBEDDABLE = ("mptc.runtime.datasets", "mptc.runtime.models", "mptc.runtime.optim", "mptc.runtime.solvers",
-              "mptc.runtime.hvp", "mptc.runtime.estimators")  # in the order the script defines them
+              "mptc.runtime.hvp", "mptc.runtime.estimators",
+              "mptc.runtime.metajson")  # in the order the script defines them
 SUPPORTED_DATA = ("synthetic.multitask", "synthetic.multitask_ft")
 SUPPORTED_MODULES = ("mlp", "linear")
 SUPPORTED_SOLVERS = ("neumann", "cg", "identity")
@@ -409,6 +410,8 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     solver_fn = emb.target(f"mptc.runtime.solvers:{solver_name}")   # the pure series behind the entry
     for name in ("unroll_ft", "ift"):
         emb.want("mptc.runtime.estimators", name)
+    for name in ("meta_json", "task_names"):               # meta.json's format, as `mptc run` writes it
+        emb.want("mptc.runtime.metajson", name)
     auto_scale = _auto_scale(est_args)
     if auto_scale:
         emb.want("mptc.runtime.hvp", "power_iteration")
