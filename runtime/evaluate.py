@@ -43,6 +43,7 @@ __all__ = ["HEAD_INIT", "METRICS", "accuracy", "auroc", "finetune", "finetune_ev
 
 MODES = ("full", "linear")
 HEAD_INIT = 0.01  # the fresh head's scale, relative to PyTorch's default initialisation (module docstring)
+RESPLIT_STREAM = 7_000_003  # reshuffled()'s seeds, apart from labelled()'s subsets and the fine-tuning's own
 
 
 def auroc(y: Tensor, scores: Tensor) -> float:
@@ -270,8 +271,9 @@ def finetune(trainer, method: str, state, train_s: float, baselines: tuple, *, e
 
 def over_seeds(encoder: torch.nn.Module, splits: dict, seeds: int, args: dict, labels: int | None = None,
                resplit: bool = False, progress=None, name: str = "encoder") -> dict:
-    """`finetune_evaluate` at seeds 0..seeds-1, each on the splits the seed gives (`labelled`, after
-    `reshuffled` when `resplit`): `summarize`'s numbers and the per-seed "values"; a line per seed on `progress`."""
+    """`finetune_evaluate` at seeds 0..seeds-1, each on the splits the seed gives (`labels` examples of
+    train by `labelled`, after `reshuffled` when `resplit`): `summarize`'s numbers and the per-seed
+    "values"; a line per seed on `progress`."""
     from mptc.runtime.progress import Progress
     progress = progress or Progress(enabled=False)
     values = []
@@ -306,8 +308,6 @@ def reshuffled(splits: dict, seed: int) -> dict:
     return out
 
 
-RESPLIT_STREAM = 7_000_003  # reshuffled()'s seeds, apart from labelled()'s subsets and the fine-tuning's own
-
 
 def _module_state(prog, params: dict, module: str):
     return {k: params[full].detach().clone() for k, full in prog.keys[module]}
@@ -337,7 +337,8 @@ def labels_table(results: dict) -> dict:
     rows: dict = {}
     for method, r in results.items():
         for n, cell in r.get("by_labels", {}).items():
-            rows.setdefault(n, {})[method] = {k: cell[k] for k in ("mean", "stderr", "seeds", "degenerate") if k in cell}
+            kept = ("mean", "stderr", "seeds", "degenerate")
+            rows.setdefault(n, {})[method] = {k: cell[k] for k in kept if k in cell}
     return {f"{next(iter(results.values()))['metric']}_by_labels": rows} if rows else {}
 
 

@@ -5,23 +5,23 @@ writes to DIR/summary.txt (docs/runtime.md, "The summary").
 
     Evaluation: auroc on ft (test split), fine-tuned over 5 seeds
       meta         0.8586 ± 0.0004  (5 seeds)
-      pretrain     0.8527 ± 0.0007  (5 seeds)
       no_pretrain  0.8386 ± 0.0014  (5 seeds)
+      pretrain     0.8527 ± 0.0007  (5 seeds)
       meta - pretrain (the best baseline): +0.0059 ± 0.0004, paired over 5 seeds
 
     Learned meta-parameters
-      task_weight: 100 values, one per PT task, mean 0.7712 (1 at the start)
-        highest: task 26 1.73, task 17 1.726, ...
-        lowest:  task 14 0.312, ...
-      phi: 0 → 87.31
+      task_weight: 100 values, one per PT task, mean 0.6423 (1 at the start)
+        highest: task 12 1.955, task 39 1.944, task 15 1.94, task 26 1.933, task 5 1.828
+        lowest:  task 1 0.01407, task 90 0.02025, task 36 0.02339, task 96 0.02749, task 18 0.03466
 
-    Time: meta-training 7.8 s, baseline pretrain 2.1 s, baseline no_pretrain 0 s, evaluation 40.3 s (total 50.2 s)
+    Time: meta-training 3.7 s, baseline no_pretrain 0 s, baseline pretrain 1.8 s, evaluation 5.7 s (total 11.1 s)
 
     Files in runs/quickstart-20250101-120000:
       spec.mpt ir.json metrics.jsonl meta.json checkpoint.pt diagnostics.json eval.json summary.txt
 
-A mean ± stderr over seeds whose values are all equal is shown as `0.7312 (all 3 seeds equal)`: a stderr
-of 0 there says nothing about the spread (`evaluate.summarize`'s "degenerate").
+A scalar meta-parameter is shown as `phi: 0 → 87.31` (at the start → at the end). A mean ± stderr over
+seeds whose values are all equal is shown as `0.7312 (all 3 seeds equal)`: a stderr of 0 there says
+nothing about the spread (`evaluate.summarize`'s "degenerate").
 """
 from __future__ import annotations
 
@@ -106,8 +106,10 @@ def _evaluation(plan, method: str, evals: dict) -> str:
         first = next(iter(found.values()))
         args = plan.evaluate.protocol.args if plan.evaluate else {}
         split = "held-out tasks' test split" if args.get("tasks") == "heldout" else "test split"
+        labelled = f", on {args['labels'][0]} labelled examples" if args.get("labels") else ""
+        labelled += ", linear probe (encoder frozen)" if args.get("mode") == "linear" else ""
         lines.append(f"Evaluation: {first['metric']} on {plan.objective.data.dataset} ({split}), fine-tuned over "
-                     f"{first['seeds']} seed{'s' * (first['seeds'] != 1)}")
+                     f"{first['seeds']} seed{'s' * (first['seeds'] != 1)}{labelled}")
         width = max(map(len, found))
         lines += [f"  {m:<{width}}  {result(e)}" for m, e in found.items()]
         lines += _versus(method, found)
@@ -131,9 +133,15 @@ def _versus(method: str, found: dict) -> list[str]:
 
 
 def _by_labels(evals: dict, metric: str) -> list[str]:
+    """`finetune(labels: [...])`: a line per label count, each method's mean ± stderr."""
     rows = evals.get(f"{metric}_by_labels") or {}
-    return [f"  with {n} labelled examples: " + ", ".join(f"{m} {result(c)}" for m, c in cells.items())
-            for n, cells in rows.items()]
+    if not rows:
+        return []
+    def short(c):
+        return f"{c['mean']:.4f}" + (" (all equal)" if c.get("degenerate") else
+                                     f" ± {c['stderr']:.4f}" if c["seeds"] > 1 else "")
+    return ["  by the number of labelled FT-train examples:"] + [
+        f"    {n}: " + ", ".join(f"{m} {short(c)}" for m, c in cells.items()) for n, cells in rows.items()]
 
 
 def _headlines(evals: dict) -> list[str]:
@@ -191,7 +199,7 @@ def _times(times: dict) -> str:
     if not times:
         return ""
     parts = ", ".join(f"{what} {_duration(s)}" for what, s in times.items())
-    return f"Time: {parts} (total {_duration(sum(times.values()))})"
+    return f"Time: {parts}" + (f" (total {_duration(sum(times.values()))})" if len(times) > 1 else "")
 
 
 def _files(out: Path, files: list[str]) -> str:

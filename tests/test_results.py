@@ -43,7 +43,8 @@ def project(tmp_path):
     y = (x @ rng.normal(size=(5, 6)) > 0).astype("float32")
     np.savez(tmp_path / "pt.npz", features=x[:200], labels=y[:200])
     ft = (x[200:, :2] > 0).astype(int)
-    rows = ["f0,f1,f2,f3,f4,a,b"] + [",".join([*(f"{v:.4f}" for v in xr), *map(str, yr)]) for xr, yr in zip(x[200:], ft)]
+    rows = ["f0,f1,f2,f3,f4,a,b"] + [",".join([*(f"{v:.4f}" for v in xr), *map(str, yr)])
+                                     for xr, yr in zip(x[200:], ft)]
     (tmp_path / "ft.csv").write_text("\n".join(rows) + "\n")
     return tmp_path
 
@@ -138,6 +139,30 @@ def test_a_paired_difference_over_identical_seeds_is_flagged_not_shown_as_plus_m
     assert "± 0.0000" not in text
 
 
+def test_the_summary_of_label_counts_restarts_and_scalars():
+    cell = {"mean": 0.6, "stderr": 0.02, "seeds": 2}
+    evals = {"meta": {"metric": "auroc", **cell, "values": [0.58, 0.62]},
+             "auroc_by_labels": {"100": {"meta": cell}, "250": {"meta": {**cell, "stderr": 0.0, "degenerate": True}}},
+             "restarts": {"meta": "phi", "inits": [0.0, 90.0], "finals": [12.2, 87.5], "paths": [[], []]},
+             "rotation_error_deg": {"mean": 40.15, "stderr": 37.6, "values": [77.8, 2.5]}}
+    text = summary.summary_text(_plan(), "meta", evals, {"phi": 12.2}, {"phi": 0.0}, {}, "d", [])
+    assert "  by the number of labelled FT-train examples:\n    100: meta 0.6000 ± 0.0200\n" \
+           "    250: meta 0.6000 (all equal)\n" in text
+    assert "Restarts of phi (from → to): 0 → 12.2, 90 → 87.5" in text
+    assert "Rotation error (degrees): 40.1500 ± 37.6000  (2 inits)" in text
+    assert "Learned meta-parameters\n  phi: 0 → 12.2\n" in text
+
+
+def test_compare_and_report_show_a_degenerate_spread_as_all_equal():
+    from mptc.commands import compare_rows, markdown_table
+    from mptc.report import _mean_cell
+    run = {"dir": "r0", "eval": {"meta": {"metric": "auroc", "mean": 0.8, "train_s": 2.0}}, "diagnostics": {}}
+    rows = compare_rows({"s": [run, {**run, "dir": "r1"}]})
+    assert rows[0]["degenerate"] is True and "| s | meta | 80.00 (all equal) | 2 |" in markdown_table(rows)
+    assert _mean_cell({"mean": 0.7, "stderr": 0.0, "seeds": 3, "degenerate": True}) == "0.7 (all 3 seeds equal)"
+    assert _mean_cell({"mean": 0.7, "stderr": 0.01, "seeds": 3}) == "0.7 ± 0.01 (3 seeds)"
+
+
 def test_a_terminal_that_cannot_write_plus_minus_gets_ascii():
     assert summary.for_stream("a ± b → c", "ascii") == "a +- b -> c"
     assert summary.for_stream("a ± b", "utf-8") == "a ± b"
@@ -162,7 +187,8 @@ def test_off_a_terminal_progress_is_plain_lines_through_every_phase(project):
     for phase in ("meta-training: 4 meta-steps", "meta-training: done in", "baseline no_pretrain: training",
                   "baseline pretrain: trained in", "evaluate meta: seed 1/3", "evaluate pretrain: seed 3/3: auroc "):
         assert any(line.startswith(phase) for line in lines), phase
-    assert lines.index("evaluate meta: seed 2/3") < next(i for i, x in enumerate(lines) if x.startswith("evaluate meta: seed 2/3: auroc"))
+    ended = next(i for i, x in enumerate(lines) if x.startswith("evaluate meta: seed 2/3: auroc"))
+    assert lines.index("evaluate meta: seed 2/3") < ended                    # a line as it starts, one as it ends
     assert "\x1b" not in "".join(lines)                                       # no terminal codes in a file
 
 
