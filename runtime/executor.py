@@ -68,8 +68,7 @@ def write_summary(tmp: Path, out: Path, trainer: Trainer, method: str, found: di
     """DIR/summary.txt (runtime/summary.py): the run's results, the learned meta-parameters against their
     initial values, the time split and the files."""
     from mptc.runtime.summary import summary_text
-    with torch.random.fork_rng(devices=[]):             # initial values: a meta network's draw moves no RNG
-        start = meta_json(trainer.prog.meta_values(trainer.prog.init_metas()), tasks)
+    start = meta_json(trainer.prog.meta_values(trainer.prog.init_metas()), tasks)   # the same on every call
     files = sorted({*os.listdir(tmp), "summary.txt"})
     text = summary_text(trainer.plan, method, found, meta, start, times, out, files)
     (tmp / "summary.txt").write_text(text, encoding="utf-8")
