@@ -464,7 +464,7 @@ def run(spec: Spec | str | Path, out: str | Path | None = None, overrides: Seque
     """Compiles and runs a spec (a Spec or a .mpt path) like `mptc run`; returns the run directory.
 
         >>> run_dir = mptc.run(spec, out="runs/demo", overrides=["train.seed=1"])   # doctest: +SKIP
-        >>> json.loads((run_dir / "meta.json").read_text())["task_weight"][:3]          # doctest: +SKIP
+        >>> json.loads((run_dir / "meta.json").read_text())["task_weight"]["values"][:3]  # doctest: +SKIP
     """
     text, path = _source(spec)
     plan = compile_text(text, path, overrides)

@@ -64,8 +64,10 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     text, plan = _compile(args)
     from mptc.runtime.executor import run_plan
-    out = run_plan(plan, text, args.out, progress=not args.quiet)
-    print(f"run directory: {out}")
+    out = run_plan(plan, text, args.out, progress=not args.quiet)      # progress on stderr (runtime/progress.py)
+    from mptc.runtime.summary import for_stream
+    print(for_stream((out / "summary.txt").read_text(encoding="utf-8"), sys.stdout.encoding))  # even --quiet
+    print(f"run directory: {out}", flush=True)
     if args.report:
         from mptc.report import write_report
         print(f"report: {write_report([out])}")
@@ -88,7 +90,7 @@ def compile_arguments(p: argparse.ArgumentParser) -> None:
 def run_arguments(p: argparse.ArgumentParser) -> None:
     check_arguments(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<spec name>-<time>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress (the summary is still printed)")
     p.add_argument("--report", action="store_true", help="also write DIR/report.html, as `mptc report DIR`")
     p.set_defaults(fn=cmd_run)
 

@@ -259,7 +259,7 @@ def markdown_table(rows: list[dict], diagnostics: list[dict] = ()) -> str:
     metric = rows[0]["metric"] if rows else "metric"
     scale = 100 if metric in ("auroc", "accuracy") else 1  # the paper's points
     out = [f"| spec | method | {metric} (mean ± stderr) | seeds | train s |", "|---|---|---|---|---|"]
-    out += [f"| {r['spec']} | {r['method']} | {scale * r['mean']:.2f} ± {scale * r['stderr']:.2f} | "
+    out += [f"| {r['spec']} | {r['method']} | {_spread(r, scale, 2)} | "
             f"{r['seeds']} | {r['train_s']:.1f} |" for r in rows]
     for spec in dict.fromkeys(r["spec"] for r in rows):
         by = {r["method"]: r for r in rows if r["spec"] == spec}
@@ -269,9 +269,19 @@ def markdown_table(rows: list[dict], diagnostics: list[dict] = ()) -> str:
                        f"{by[first]['train_s'] / by['pretrain']['train_s']:.2f}x")
     if diagnostics:
         out += ["", "| spec | diagnostic | mean ± stderr | seeds |", "|---|---|---|---|"]
-        out += [f"| {d['spec']} | {d['name']} | {d['mean']:.3f} ± {d['stderr']:.3f} | {d['seeds']} |"
-                for d in diagnostics]
+        out += [f"| {d['spec']} | {d['name']} | {_spread(d, 1, 3)} | {d['seeds']} |" for d in diagnostics]
     return "\n".join(out)
+
+
+def _spread(row: dict, scale: float, digits: int) -> str:
+    """mean ± stderr, or the mean alone where every seed gave it (`summarize`'s "degenerate").
+
+        >>> _spread({"mean": 1.0, "stderr": 0.0, "seeds": 3, "degenerate": True}, 1, 3)
+        '1.000 (all equal)'
+    """
+    if row.get("degenerate"):
+        return f"{scale * row['mean']:.{digits}f} (all equal)"
+    return f"{scale * row['mean']:.{digits}f} ± {scale * row['stderr']:.{digits}f}"
 
 
 CSV_FIELDS = ("spec", "method", "metric", "mean", "stderr", "seeds", "train_s", "values", "runs")

@@ -38,7 +38,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Modules whose definitions may be copied; each must need only math, typing, torch (and attrs, rewritten)
 EMBEDDABLE = ("mptc.errors", "mptc.runtime.datasets", "mptc.runtime.models", "mptc.runtime.optim",
               "mptc.runtime.solvers", "mptc.runtime.hvp", "mptc.runtime.estimators", "mptc.runtime.hypergradient",
-              "mptc.runtime.loop")  # in the order the script defines them
+              "mptc.runtime.loop", "mptc.runtime.metajson")  # in the order the script defines them
 SUPPORTED_DATA = ("synthetic.multitask", "synthetic.multitask_ft")
 SUPPORTED_MODULES = ("mlp", "linear")
 SUPPORTED_ESTIMATORS = ("ift", "unroll")
@@ -403,6 +403,8 @@ def emit_python(plan: ir.Plan, spec_path: str = "<spec>") -> str:
     estimators = {stage: _built("estimator", methods[stage], emb) for stage in ("pretrain", "finetune")}
     for name in ("Settings", "Stages", "meta_train"):            # the loop itself, as mptc runs it
         emb.want("mptc.runtime.loop", name)
+    for name in ("meta_json", "task_names"):               # meta.json's format, as `mptc run` writes it
+        emb.want("mptc.runtime.metajson", name)
     lets = [{"name": let.name, "code": Code(_top(expr(let.expr))), "meta_only": let.meta_only} for let in plan.lets]
     losses = {"pretrain": Code(_top(expr(plan.pretrain.loss))), "finetune": Code(_top(expr(plan.finetune.loss))),
               "objective": Code(_top(expr(plan.objective.expr)))}

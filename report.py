@@ -267,8 +267,18 @@ def _methods(run: Run) -> dict:
 
 
 def _eval_cells(run: Run) -> dict:
-    return {f"{m} ({e['metric']})": f"{_fmt(e['mean'])} ± {_fmt(e.get('stderr'))} ({e.get('seeds', '?')} seeds)"
-            for m, e in _methods(run).items()}
+    return {f"{m} ({e['metric']})": _mean_cell(e) for m, e in _methods(run).items()}
+
+
+def _mean_cell(e: dict) -> str:
+    """mean ± stderr (n seeds), or the mean alone where the seeds were all equal (`degenerate`).
+
+    >>> _mean_cell({"mean": 0.7, "stderr": 0.0, "seeds": 3, "degenerate": True})
+    '0.7 (all 3 seeds equal)'
+    """
+    if e.get("degenerate"):
+        return f"{_fmt(e['mean'])} (all {e.get('seeds', '?')} seeds equal)"
+    return f"{_fmt(e['mean'])} ± {_fmt(e.get('stderr'))} ({e.get('seeds', '?')} seeds)"
 
 
 def _headline_cells(run: Run) -> dict:
@@ -396,20 +406,37 @@ def _panels_by_run(runs: list[Run], items: list[tuple[Run, str]]):
 
 
 def plot_vectors(runs: list[Run], out: Path) -> list[dict]:
-    """Per vector meta-parameter (meta.json), its values sorted, coloured by the planted truth."""
-    names = list(dict.fromkeys(n for r in runs for n, v in (r.meta or {}).items() if isinstance(v, list)))
+    """Per vector meta-parameter (meta.json), its values sorted, coloured by the planted truth; the caption
+    names the highest and lowest components (of the first run that has the vector)."""
+    from mptc.runtime.metajson import vectors
+    found = [vectors(r.meta or {}) for r in runs]      # name -> (names, values), per run
+    names = list(dict.fromkeys(n for vecs in found for n in vecs))
     sections = []
     for name in names:
-        items = [(r, name) for r in runs if isinstance((r.meta or {}).get(name), list) and r.meta[name]]
-        fig, axes = _panels_by_run(runs, items)
-        coloured = any(_truth(run, name) for run, _ in items)
-        for ax, (run, _) in zip(axes, items):
-            _sorted_weights(ax, run.meta[name], _truth(run, name))
+        having = [(r, vecs[name]) for r, vecs in zip(runs, found) if vecs.get(name, (None, []))[1]]
+        fig, axes = _panels_by_run(runs, [(r, name) for r, _ in having])
+        coloured = any(_truth(run, name) for run, _ in having)
+        for ax, (run, (_, values)) in zip(axes, having):
+            _sorted_weights(ax, values, _truth(run, name))
         caption = (f"{name} sorted from largest to smallest, one point per component"
-                   + (", coloured by the planted truth of the data (diagnostics.json)." if coloured else "."))
+                   + (", coloured by the planted truth of the data (diagnostics.json)" if coloured else "")
+                   + _ends(*having[0][1]) + ".")
         image = _save(fig, out, f"weights_{_slug(name)}.png")
         sections.append({"title": f"Vector meta-parameter {name}", "image": image, "caption": caption})
     return sections
+
+
+def _ends(names: list, values: list, shown: int = 3) -> str:
+    """The caption's names of the highest and lowest components (meta.json's names).
+
+    >>> _ends(["a", "b", "c", "d"], [0.1, 0.4, 0.3, 0.2], shown=1)
+    '; highest: b (0.4); lowest: a (0.1)'
+    """
+    ranked = sorted((-v, i) for i, v in enumerate(_finite(values)) if not math.isnan(v))
+    if len(ranked) < 2 * shown:
+        return ""
+    shown_as = [f"{names[i]} ({_fmt(values[i])})" for _, i in ranked]
+    return f"; highest: {', '.join(shown_as[:shown])}; lowest: {', '.join(shown_as[::-1][:shown])}"
 
 
 def _truth(run: Run, name: str) -> list | None:

@@ -456,6 +456,10 @@ PROTOCOLS.register("finetune", [
           "subset per seed), one result per size in eval.json's by_labels; the first size is the headline"),
     Param("search_trials", "int", 2, min=1, doc="PT runs of the `search` baseline: for equal compute, the meta "
           "run's wall time over a PT run's (about 2 on the graph study)"),
+    Param("resplit", "bool", False, doc="at each seed, pool the meta-objective data's train, val and test and "
+          "split them again at random (the sizes as declared): seeds then vary the split too"),
+    Param("head_init", "float", 0.01, min=0, doc="the fresh FT head's initial values: PyTorch's default times "
+          "this (near zero, seeds differ); 0: a zero head (docs/runtime.md, Evaluation)"),
 ], target="mptc.runtime.evaluate:finetune", traits=("baselines", "splits"),
     doc="Fine-tune the pre-trained encoder and each baseline's with a fresh head per seed, early-stopped on FT-val.")
 PROTOCOLS.register("restarts", [

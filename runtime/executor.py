@@ -1,12 +1,14 @@
 """Runs a compiled plan end to end: build the data, the program and the trainer; meta-train (the loop in
 runtime/loop.py, or an estimator that drives the run, such as `search`); write the run directory
-(runtime/rundir.py); evaluate by the plan's protocol, reached through the PROTOCOLS registry.
+(runtime/rundir.py); evaluate by the plan's protocol, reached through the PROTOCOLS registry; write the
+summary (runtime/summary.py). Progress through every phase goes to stderr (runtime/progress.py).
 
-    DIR/spec.mpt  ir.json  metrics.jsonl  meta.json  checkpoint.pt  diagnostics.json  eval.json
+    DIR/spec.mpt  ir.json  metrics.jsonl  meta.json  checkpoint.pt  diagnostics.json  eval.json  summary.txt
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -18,46 +20,85 @@ from mptc.errors import RunError
 from mptc.runtime.artifacts import write_artifacts
 from mptc.runtime.data import Data
 from mptc.runtime.loop import MetaStep, State, Trainer, meta_train
+from mptc.runtime.metajson import meta_json, task_names
 from mptc.runtime.program import Program, pick_device
+from mptc.runtime.progress import Progress
 from mptc.runtime.rundir import MetricsLog, default_out, staging, write_json
 
 
-def run_plan(plan: ir.Plan, source: str, out=None, progress: bool = True) -> Path:
-    """Runs a plan end to end and returns its run directory. A non-finite result (a meta-parameter, the
-    final PT loss or parameters, an evaluation metric) is a RunError and leaves no run directory."""
+def run_plan(plan: ir.Plan, source: str, out=None, progress: bool | Progress = True) -> Path:
+    """Runs a plan end to end and returns its run directory, whose summary.txt holds the summary that
+    `mptc run` prints. `progress`: True for progress on stderr (a bar on a terminal, else lines), False for
+    none, or a Progress of the caller's. A non-finite result (a meta-parameter, the final PT loss or
+    parameters, an evaluation metric) is a RunError and leaves no run directory."""
     out = Path(out) if out else default_out(plan.name)
+    report = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     with staging(out) as tmp:
         (tmp / "spec.mpt").write_text(source)
         write_json(tmp / "ir.json", ir.to_json(plan))
         device = pick_device(plan.train.device)
         torch.manual_seed(plan.train.seed)
         trainer = Trainer(plan, Program(plan, device), Data(plan, device))
+        trainer.progress = report                       # the protocols' phases report through it
         method = "search" if trainer.pt.drives else "meta"
-        state, train_s, last = train(trainer, tmp / "metrics.jsonl", progress)
-        write_json(tmp / "meta.json", {n: v.cpu().tolist() for n, v in _check_trained(state, trainer.prog, last).items()})
+        state, train_s, last = train(trainer, tmp / "metrics.jsonl", report)
+        tasks = _task_names(trainer)
+        meta = meta_json(_check_trained(state, trainer.prog, last), tasks)
+        write_json(tmp / "meta.json", meta)
         torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
                     "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
         write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
         write_artifacts(tmp, trainer, state)                # per-example weights of a weighting network
-        found = {}
+        found, eval_s = {}, 0.0
         if plan.evaluate is not None:                       # the protocol, through its registry entry
             protocol = PROTOCOLS.get(plan.evaluate.protocol.name).load()
+            start = time.perf_counter()
             found = protocol(trainer, method, state, train_s, plan.evaluate.baselines, **plan.evaluate.protocol.args)
+            eval_s = time.perf_counter() - start
         from mptc.runtime.headlines import headlines
         found = {**found, **headlines(trainer, state)}     # the paper's figures, where the data knows them
         if found:
             write_json(tmp / "eval.json", found)
+        write_summary(tmp, out, trainer, method, found, meta, tasks, _times(method, train_s, found, eval_s))
     return out
 
 
-def train(trainer: Trainer, metrics: Path, progress: bool) -> tuple[State | None, float, dict]:
-    """(state, wall seconds, last metrics row): meta-training with metrics.jsonl and the progress bar as
-    hooks, or the run of an estimator that drives it (`search`, one row a trial)."""
+def write_summary(tmp: Path, out: Path, trainer: Trainer, method: str, found: dict, meta: dict, tasks: list,
+                  times: dict) -> None:
+    """DIR/summary.txt (runtime/summary.py): the run's results, the learned meta-parameters against their
+    initial values, the time split and the files."""
+    from mptc.runtime.summary import summary_text
+    start = meta_json(trainer.prog.meta_values(trainer.prog.init_metas()), tasks)   # the same on every call
+    files = sorted({*os.listdir(tmp), "summary.txt"})
+    text = summary_text(trainer.plan, method, found, meta, start, times, out, files)
+    (tmp / "summary.txt").write_text(text, encoding="utf-8")
+
+
+def _times(method: str, train_s: float, found: dict, eval_s: float) -> dict:
+    """The time split: meta-training, each baseline's training (its `train_s`), the rest of evaluation."""
+    from mptc.runtime.summary import methods
+    baselines = {f"baseline {m}": e["train_s"] for m, e in methods(found).items() if m != method and "train_s" in e}
+    rest = {"evaluation": max(eval_s - sum(baselines.values()), 0.0)} if eval_s else {}
+    return {"meta-training": train_s, **baselines, **rest}
+
+
+def _task_names(trainer: Trainer) -> list[str]:
+    """The names of the PT data's tasks (the columns of its labels), for meta.json (runtime/metajson.py)."""
+    ref = trainer.plan.pretrain.data
+    y = trainer.data.splits(ref.dataset)[ref.split or "all"][1]
+    return task_names(trainer.data.info(ref.dataset), y.shape[1] if y.dim() == 2 else 0)
+
+
+def train(trainer: Trainer, metrics: Path, progress: Progress) -> tuple[State | None, float, dict]:
+    """(state, wall seconds, last metrics row): meta-training with metrics.jsonl and the progress (a bar,
+    or a line every `log_every` meta-steps) as hooks, or the run of an estimator that drives it (`search`,
+    one row a trial)."""
     plan, drives = trainer.plan, trainer.pt.drives
-    bar_ctx, bar = _progress(trainer.pt.trials if drives else plan.train.meta_steps, progress,
-                             "trial" if drives else "meta-step")
+    total, unit = (trainer.pt.trials, "trial") if drives else (plan.train.meta_steps, "meta-step")
     start = time.perf_counter()
-    with MetricsLog(metrics) as log, bar_ctx:
+    progress.say(f"meta-training: {total} {unit}s" + ("" if drives else
+                 f" of {plan.pretrain.steps} PT steps each, after {plan.train.warmup} warm-up steps"))
+    with MetricsLog(metrics) as log, progress.steps(total, unit, 1 if drives else plan.train.log_every) as bar:
         if drives:
             def on_trial(trial, score):
                 log.log(trial=trial, ft_val_loss=score)
@@ -70,7 +111,9 @@ def train(trainer: Trainer, metrics: Path, progress: bool) -> tuple[State | None
                     log.log(**metrics_row(m, state))
                 bar(m.meta_step, m.pt_loss, m.ft_val_loss)
             state = meta_train(trainer, trainer.init_state(), hook)
-    return state, time.perf_counter() - start, log.last
+    elapsed = time.perf_counter() - start
+    progress.say(f"meta-training: done in {elapsed:.1f} s")
+    return state, elapsed, log.last
 
 
 def metrics_row(m: MetaStep, state: State) -> dict:
@@ -97,22 +140,6 @@ def _timings(info: dict) -> dict:
         out["neumann_alpha"] = info["scale"]
         out["lambda_max"] = info["lambda_max"]
     return out
-
-
-def _progress(total: int, enabled: bool, unit: str = "meta-step"):
-    """A rich progress bar: meta-step (or trial), PT loss, FT-val loss and meta-steps per second."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn(unit), MofNCompleteColumn(), BarColumn(),
-                        TextColumn("pt {task.fields[pt]:.4f}  ft-val {task.fields[val]:.4f}  "
-                                   f"{{task.fields[rate]:.1f}} {unit}s/s"), TimeElapsedColumn(),
-                        disable=not enabled, transient=False)
-    task = progress.add_task("meta", total=total, pt=float("nan"), val=float("nan"), rate=0.0)
-    t0 = time.perf_counter()
-
-    def update(m, pt, val):
-        progress.update(task, completed=m, pt=pt, val=val, rate=m / max(time.perf_counter() - t0, 1e-9))
-    return progress, update
 
 
 def diagnostics(trainer: Trainer, state: State) -> dict:

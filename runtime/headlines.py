@@ -27,10 +27,12 @@ EVAL_BATCH = 512
 
 
 def _summary(values: list[float]) -> dict:
+    """Mean, stderr and the values; "degenerate" where several are one value (evaluate.summarize)."""
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "stderr": sd / math.sqrt(n), "values": values}
+    out = {"mean": mean, "stderr": sd / math.sqrt(n), "values": values}
+    return {**out, "degenerate": True} if n > 1 and len(set(values)) == 1 else out
 
 
 def _scalar_meta(trainer, name: str | None) -> str:
@@ -50,14 +52,17 @@ def restarts(trainer, method: str, state, train_s: float, baselines: tuple, *, i
     `rotation_error_deg` where the meta-objective's data is rotated. It compares no baselines (the
     checker rejects `against` with it); the main run's state is the caller's."""
     from mptc.runtime.loop import meta_train
+    from mptc.runtime.progress import progress_of
     name, seed, finals, paths = _scalar_meta(trainer, meta), trainer.plan.train.seed, [], []
-    for init in inits:
-        trainer.fresh_start(seed)
-        start, path = trainer.init_state(), []
-        start.metas[name] = torch.full_like(start.metas[name], init).requires_grad_()
-        end = meta_train(trainer, start, lambda step, s: path.append(round(float(s.metas[name].detach()), 3)))
-        finals.append(float(end.metas[name].detach()))
-        paths.append(path)
+    for i, init in enumerate(inits, 1):
+        with progress_of(trainer).phase(f"restart {i}/{len(inits)}: {name} from {init:g}") as done:
+            trainer.fresh_start(seed)
+            start, path = trainer.init_state(), []
+            start.metas[name] = torch.full_like(start.metas[name], init).requires_grad_()
+            end = meta_train(trainer, start, lambda step, s: path.append(round(float(s.metas[name].detach()), 3)))
+            finals.append(float(end.metas[name].detach()))
+            paths.append(path)
+            done(f"restart {i}/{len(inits)}: {name} from {init:g} ended at {finals[-1]:.4g}")
     found = {"meta": name, "inits": list(inits), "finals": finals, "paths": paths}
     target = trainer.data.info(trainer.plan.objective.data.dataset).get("rotation")
     return {"restarts": found, **({"rotation_error_deg": rotation_error(found, target)} if target else {})}

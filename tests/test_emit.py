@@ -83,7 +83,8 @@ def test_other_solvers_optimizers_and_bounds_reproduce_too(tmp_path):
     run, emit, script = _run_both(spec, tmp_path)
     assert (emit / "meta.json").read_text() == (run / "meta.json").read_text()
     meta = json.loads((emit / "meta.json").read_text())
-    assert set(meta) == {"w", "s", "task_weight"} and max(map(abs, meta["w"])) <= 1
+    assert set(meta) == {"w", "s", "task_weight"} and max(map(abs, meta["w"]["values"])) <= 1
+    assert meta["w"]["names"] == [f"task {i}" for i in range(12)] and isinstance(meta["s"], float)
     assert "IFT(hessian='encoder', hessian_batch=None, hvp='reverse-over-reverse', fused=False, mixed_batches=1, " \
            "mixed_mode='reverse-over-reverse', solver=CG(iters=3, damping=0.1, tol=1e-10))" in script
 

@@ -54,7 +54,7 @@ def test_graph_spec_runs_end_to_end_with_every_baseline(graph_run):
     assert set(methods) == METHODS
     for e in methods.values():
         assert e["metric"] == "auroc" and e["seeds"] == 1 and 0 <= e["mean"] <= 1 and e["train_s"] >= 0
-    assert len(json.loads((graph_run / "meta.json").read_text())["task_weight"]) == 6
+    assert len(json.loads((graph_run / "meta.json").read_text())["task_weight"]["values"]) == 6
     assert "task_weight_vs_relevant_auroc" in json.loads((graph_run / "diagnostics.json").read_text())
 
 
@@ -240,4 +240,4 @@ def test_paper_specs_run_on_the_bio_layout_with_set(spec, ft, tmp_path):
     assert main(args + [a for s in sets for a in ("--set", s)]) == 0
     ev = json.loads((out / "eval.json").read_text())
     assert set(m for m, e in ev.items() if isinstance(e, dict) and "metric" in e) == METHODS
-    assert len(json.loads((out / "meta.json").read_text())["task_weight"]) == 5000
+    assert len(json.loads((out / "meta.json").read_text())["task_weight"]["values"]) == 5000

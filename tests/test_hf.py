@@ -113,7 +113,7 @@ def test_meta_training_through_a_pretrained_encoder(project):
     """`pool: pooler` reaches every parameter of the BERT: the run goes through the IFT hypergradient."""
     path = write(project, ", pool: pooler", "pooler.mpt")
     assert main(["run", str(path), "--out", str(project / "run-pooler"), "--quiet"]) == 0
-    w = json.loads((project / "run-pooler" / "meta.json").read_text())["w"]
+    w = json.loads((project / "run-pooler" / "meta.json").read_text())["w"]["values"]
     assert len(w) == 4 and all(np.isfinite(w)) and w != [0.0] * 4
 
 

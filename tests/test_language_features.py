@@ -103,7 +103,7 @@ def test_a_float64_run_differs_from_float32_only_at_float32_rounding(tmp_path):
     spec.write_text(TINY)
     m32, rows32 = _run(spec, tmp_path / "f32")
     m64, rows64 = _run(spec, tmp_path / "f64", "train.dtype=float64")
-    w32, w64 = torch.tensor(m32["w"], dtype=torch.float64), torch.tensor(m64["w"], dtype=torch.float64)
+    w32, w64 = (torch.tensor(m["w"]["values"], dtype=torch.float64) for m in (m32, m64))
     assert w64.abs().max() > 1e-2                              # the meta-parameters moved
     assert 0 < _rel(w32, w64) < 1e-5                           # float32 rounding, not another computation
     for a, b in zip(rows32, rows64):
@@ -116,7 +116,7 @@ def test_the_quickstart_runs_in_float64_with_its_evaluation(tmp_path):
     from mptc.compiler.lower import QUICKSTART
     meta, _ = _run(QUICKSTART, tmp_path / "q", "train.dtype=float64", "train.meta_steps=3", "evaluate.seeds=1",
                    "evaluate.epochs=2")
-    assert len(meta["w"]) == 100 and len(meta["task_weight"]) == 100
+    assert len(meta["w"]["values"]) == 100 and len(meta["task_weight"]["values"]) == 100
     ev = json.loads((tmp_path / "q" / "eval.json").read_text())
     assert set(ev) == {"meta", "no_pretrain", "pretrain"} and all(0 <= r["mean"] <= 1 for r in ev.values())
 

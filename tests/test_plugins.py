@@ -501,7 +501,7 @@ def test_a_run_with_probed_shapes_records_the_imports(proj, tmp_path):
     assert cli("run", path, "--out", tmp_path / "run", "--quiet") == 0
     ir = json.loads((tmp_path / "run" / "ir.json").read_text())
     assert ir["imports"] == [str(tmp_path / "components.py")]
-    assert all(isinstance(v, float) for v in json.loads((tmp_path / "run" / "meta.json").read_text())["w"])
+    assert all(isinstance(v, float) for v in json.loads((tmp_path / "run" / "meta.json").read_text())["w"]["values"])
 
 
 def test_sweep_honours_the_specs_imports(proj, tmp_path, capsys):

@@ -27,14 +27,17 @@ def test_run_writes_the_whole_directory(spec, tmp_path):
     out = tmp_path / "run"
     assert _run(spec, out) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["spec.mpt", "ir.json", "metrics.jsonl", "meta.json", "eval.json", "diagnostics.json", "checkpoint.pt"])
+        ["spec.mpt", "ir.json", "metrics.jsonl", "meta.json", "eval.json", "diagnostics.json", "checkpoint.pt",
+         "summary.txt"])
     assert (out / "spec.mpt").read_text() == TINY
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["meta_step"] for r in rows] == [1, 2, 4, 6]
     assert {"step", "pt_loss", "ft_val_loss", "hypergrad_norm", "elapsed_s"} <= set(rows[0])
     meta = json.loads((out / "meta.json").read_text())
-    assert len(meta["task_weight"]) == 12 and meta["w"] != [0.0] * 12
-    assert all(abs(t - 2 / (1 + 2.718281828459045 ** -w)) < 1e-5 for t, w in zip(meta["task_weight"], meta["w"]))
+    weights, w = meta["task_weight"]["values"], meta["w"]["values"]
+    assert len(weights) == 12 and w != [0.0] * 12
+    assert meta["task_weight"]["names"] == meta["w"]["names"] == [f"task {i}" for i in range(12)]
+    assert all(abs(t - 2 / (1 + 2.718281828459045 ** -v)) < 1e-5 for t, v in zip(weights, w))
     ev = json.loads((out / "eval.json").read_text())
     assert set(ev) == {"meta", "no_pretrain", "pretrain"}
     assert all(set(v) >= {"metric", "mean", "stderr", "seeds"} and v["seeds"] == 2 for v in ev.values())
