@@ -6,6 +6,7 @@ Anything else (a matrix-valued `let`) is a nested list. A weighting network's we
 are in checkpoint.pt). Needs torch alone: `mptc compile --emit python` copies it into the standalone
 script, whose meta.json is then the same file.
 
+    >>> import torch
     >>> meta_json({"s": torch.tensor(0.5), "w": torch.tensor([1.0, 2.0]), "v": torch.tensor([3.0])}, ["a", "b"])
     {'s': 0.5, 'w': {'names': ['a', 'b'], 'values': [1.0, 2.0]}, 'v': {'names': ['0'], 'values': [3.0]}}
 """
