@@ -374,7 +374,7 @@ class Spec:
         self._add(ast.MetaOptimizerDecl(_S, _call(optimizer)))
 
     def train(self, **options: int | float | str) -> None:
-        """`train key value ...`: meta_steps, warmup, seed, device, log_every, max_nonfinite, reset_every.
+        """`train key value ...`: meta_steps, warmup, seed, device, log_every, max_nonfinite, reset_every, dtype.
         A string that is a plain name (`device="auto"`) is written as a name, others quoted ("cuda:1")."""
         if not options:
             raise ValueError("train needs at least one option")
