@@ -307,7 +307,7 @@ def _balanced(code: str) -> bool:
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise EmitError(f"emit python does not support {what} yet (supported: synthetic data, mlp/linear, "
-                        "sgd/adam, ift with neumann/cg/identity, FT unroll)")
+                        "sgd/adam, the ift and unroll estimators with every option; docs/python.md)")
 
 
 def _check_plan(plan: ir.Plan) -> None:

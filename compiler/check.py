@@ -319,6 +319,8 @@ class _Checker:
                 self.err(MissingPart(stage.span, f"{stage.kind} needs a '{need}' clause"))
         if "optimizer" in found:
             self.component(OPTIMIZERS, found["optimizer"].call)
+            for name, expr in _meta_args(self.args.get(id(found["optimizer"].call))).items():
+                self.meta_scalar(expr, f"the {stage.kind} optimizer's {name}")
         if "steps" in found:
             self._count(found["steps"].span, "steps", found["steps"].n)
         if "unroll" in found:
@@ -434,6 +436,12 @@ class _Checker:
         if shape is not None and shape != ():
             self.err(ShapeMismatch(expr.span, f"{what} must be a single number, but has shape {fmt(shape)}",
                                    hint="mean(...)"))
+
+    def meta_scalar(self, expr, what):
+        """One number computed from meta-parameters alone (no batch: `x` and `y` are errors here)."""
+        shape = self.shape(expr, {})
+        if shape is not None and shape != ():
+            self.err(ShapeMismatch(expr.span, f"{what} must be a single number, but has shape {fmt(shape)}"))
 
     # ---- shape inference ---------------------------------------------------------------------------
     def shape(self, expr, scope):
@@ -625,7 +633,10 @@ class _Checker:
         if hg is not None and hg.check_every is not None and hg.check_every < 1:
             self.err(OutOfRange(hg.span, f"check every must be >= 1, got {hg.check_every}"))
         if "meta_optimizer" in self.singles:
-            self.component(OPTIMIZERS, self.singles["meta_optimizer"].call)
+            call = self.singles["meta_optimizer"].call
+            for name, expr in _meta_args(self.component(OPTIMIZERS, call)).items():
+                self.err(BadArgument(expr.span, f"the meta-optimizer's {name} must be a number (an expression of "
+                                     f"meta-parameters is for a stage's optimizer)"))
         train = self.singles.get("train")
         if train is not None:
             self._train(train)
@@ -735,6 +746,9 @@ class _Checker:
         used = _free(self.singles["meta_objective"].expr, let_free)
         for found in (pt, ft):
             used |= _free(found["loss"].expr, let_free)
+            if "optimizer" in found:                    # a learned weight decay
+                for expr in _meta_args(self.args.get(id(found["optimizer"].call))).values():
+                    used |= _free(expr, let_free)
         if "augment" in pt:
             used |= _free(pt["augment"].call, let_free)
         for name, decl in self.of(ast.MetaDecl).items():
@@ -822,6 +836,12 @@ def _data_cycle(name, pending) -> str | None:
         path.append(nxt)
         current = nxt
     return None
+
+
+def _meta_args(checked) -> dict:
+    """The arguments of a checked component given as expressions of meta-parameters (`weight_decay:
+    exp(log_wd)`), by name."""
+    return {k: v for k, v in ((checked or {}).get("args") or {}).items() if attrs.has(type(v))}
 
 
 def _is_network(decl) -> bool:

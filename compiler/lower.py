@@ -100,20 +100,32 @@ class _Lower:
         split = ".".join(ref.parts[1:]) or None
         return ir.DataRef(ref.parts[0], split, batch or DEFAULT_BATCH)
 
-    def _stage_parts(self, kind: str):
-        """(data, loss, optimizer) of a stage; an `augment` clause wraps the loss (x augmented first)."""
+    def _stage_parts(self, kind: str, trains: tuple[str, ...]):
+        """(data, loss, optimizer) of a stage; an `augment` clause wraps the loss (x augmented first). A
+        weight decay given as an expression of meta-parameters, lambda(phi), becomes the loss term
+        lambda(phi) / 2 * sum of l2(module) over the modules the stage trains, with the optimizer's own
+        decay 0: the same gradient, lambda theta, so the same steps and fixed point, and every estimator
+        differentiates lambda(phi) through it (IFT: H + lambda I and the mixed term theta dlambda/dphi)."""
         found = self.c.stages[kind]
-        optimizer = (_component(self.c.args[id(found["optimizer"].call)]) if "optimizer" in found
-                     else _component(default_optimizer(kind)))
+        checked = self.c.args[id(found["optimizer"].call)] if "optimizer" in found else default_optimizer(kind)
         loss = self.expr(found["loss"].expr)
+        decay = checked["args"].get("weight_decay")
+        if attrs.has(type(decay)):
+            checked = {**checked, "args": {**checked["args"], "weight_decay": 0.0}}
+            norms = [ir.Norm(m) for m in trains]
+            total = norms[0]
+            for n in norms[1:]:
+                total = ir.Bin("+", total, n)
+            loss = ir.Bin("+", loss, ir.Bin("*", ir.Bin("/", self.expr(decay), ir.Const(2.0)), total))
         if "augment" in found:
             loss = self.augmented(found["augment"].call, loss)
-        return self.data_ref(found["data"], found["data"].batch), loss, optimizer
+        return self.data_ref(found["data"], found["data"].batch), loss, _component(checked)
 
     def pretrain(self) -> ir.PretrainPlan:
         found = self.c.stages["pretrain"]
         steps = found["steps"].n if "steps" in found else DEFAULT_STEPS["pretrain"]
-        return ir.PretrainPlan(*self._stage_parts("pretrain"), steps, self.modules_in(found["loss"].expr))
+        trains = self.modules_in(found["loss"].expr)
+        return ir.PretrainPlan(*self._stage_parts("pretrain", trains), steps, trains)
 
     def finetune(self) -> ir.FinetunePlan:
         """`trains`: the modules `unroll K update ...` names, else those the FT loss uses that PT does not."""
@@ -122,7 +134,7 @@ class _Lower:
         update = tuple(i.name for i in found["unroll"].update) if "unroll" in found else ()
         pt_modules = set(self.modules_in(self.c.stages["pretrain"]["loss"].expr))
         trains = update or tuple(m for m in self.modules_in(found["loss"].expr) if m not in pt_modules)
-        return ir.FinetunePlan(*self._stage_parts("finetune"), unroll, trains)
+        return ir.FinetunePlan(*self._stage_parts("finetune", trains), unroll, trains)
 
     def augmented(self, call, body) -> ir.Augmented:
         return ir.Augmented(*self.augment_args(call), body)

@@ -206,6 +206,8 @@ def check_value(param: Param, expr, errors: list, ctx: dict):
     """The checked value of `expr` for `param`, or None after appending an error."""
     if param.kind == "tensor":  # evaluated at run time (an augmentation's meta-parameter): the checker shapes it
         return expr
+    if param.meta_expr and fold(expr) is _NotConst:  # an expression of meta-parameters: the checker shapes it
+        return expr
     value = _convert(param, expr, fold(expr) if not param.kind.startswith("call:") else None, errors, ctx)
     if param.kind in ("ints", "floats") and value is not None:
         return value if all(_check_range(param, expr, v, errors) is not None for v in value) else None

@@ -392,16 +392,19 @@ AUGMENTATIONS.register("warp", [Param("strength", "tensor", 0.01, doc="displacem
 
 
 # ---- optimizers ----------------------------------------------------------------------------------
+_DECAY = Param("weight_decay", "float", 0.0, min=0, meta_expr=True,
+               doc="coupled L2 decay (added to the gradient); in a stage's optimizer it may be an expression of "
+                   "meta-parameters, e.g. exp(log_wd): a learned decay strength")
 _LR = Param("lr", "float", min=0, min_exclusive=True)
 _HALFLIFE = Param("halflife", "float", None, min=0, min_exclusive=True,
                   doc="halve the learning rate every this many steps (e.g. a meta-optimizer's, to settle)")
 OPTIMIZERS.register("sgd", [_LR, Param("momentum", "float", 0.0, min=0, max=1),
-                            Param("weight_decay", "float", 0.0, min=0), _HALFLIFE],
+                            _DECAY, _HALFLIFE],
                     target="mptc.runtime.optim:sgd", doc="SGD with optional heavy-ball momentum.")
 OPTIMIZERS.register("adam", [Param("lr", "float", 1e-3, min=0, min_exclusive=True),
                              Param("beta1", "float", 0.9, min=0, max=1), Param("beta2", "float", 0.999, min=0, max=1),
                              Param("eps", "float", 1e-8, min=0, min_exclusive=True),
-                             Param("weight_decay", "float", 0.0, min=0), _HALFLIFE],
+                             _DECAY, _HALFLIFE],
                     target="mptc.runtime.optim:adam", doc="Adam (bias-corrected).")
 
 

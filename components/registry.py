@@ -43,6 +43,7 @@ class Param:
     min_exclusive: bool = False
     doc: str = ""
     compile_only: bool = False  # read by the checker alone (e.g. `in`, checked against the data): not passed on
+    meta_expr: bool = False     # may instead be an expression of meta-parameters (a learned weight decay)
 
 
 @attrs.frozen

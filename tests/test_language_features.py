@@ -412,3 +412,55 @@ def test_a_bad_override_renders_with_carets_under_its_text(item, tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     assert main(["check", "tiny.mpt", "--set", item]) == 2
     assert capsys.readouterr().err == RENDERED[item]
+
+
+# ---- a learned weight decay: `weight_decay` as an expression of meta-parameters ------------------------
+RIDGE_DECAY = RIDGE.replace("loss mean((encoder(x) - y) ** 2) + exp(log_lambda) * l2(encoder) }",
+                            "loss mean((encoder(x) - y) ** 2)  optimizer sgd(lr: 0.1, weight_decay: 2 * exp(log_lambda)) }")
+
+
+def test_a_learned_weight_decay_is_the_closed_form_ridge_hypergradient(ridge):
+    """Coupled decay lambda(phi) adds lambda theta to the gradient, as lambda / 2 |theta|^2 in the loss
+    does: the plan's loss carries that term (its optimizer's own decay 0), so the fixed point is the
+    ridge solution and IFT gives the closed form in log_lambda (2 exp(a) here is the l2 spec's 2 lambda)."""
+    assert RIDGE_DECAY != RIDGE
+    from mptc.runtime.executor import Trainer
+    plan = compile_spec(RIDGE_DECAY, "decay.mpt")
+    assert plan.pretrain.optimizer.args["weight_decay"] == 0.0 and plan.pretrain.trains == ("encoder",)
+    prog = Program(plan, CPU)
+    X, y = ridge["pt"]
+    loss = prog.loss(plan.pretrain.loss)(ridge["params"], ridge["metas"], X, y)
+    same = ridge["prog"].loss(ridge["plan"].pretrain.loss)(ridge["params"], ridge["metas"], X, y)
+    assert torch.allclose(loss, same, rtol=1e-14, atol=0)
+    trainer = Trainer(plan, prog, data=None)
+    state = trainer.init_state()
+    state.params["encoder.weight"] = ridge["params"]["encoder.weight"]
+    state.metas = ridge["metas"]
+    ft = (ridge["val"][0], (ridge["val"][1] > 0).double())
+    _, hg, _ = trainer.hypergradient(state, ridge["pt"], [ft], ridge["val"])
+    assert _rel(hg["log_lambda"], ridge["exact"]) < 1e-9
+
+
+@pytest.mark.parametrize("change, message", [
+    (("weight_decay: 2 * exp(log_lambda)", "weight_decay: mean(x)"),
+     "'x' is the batch of a stage and cannot appear here"),
+    (("meta log_lambda: scalar = -1.0", "meta log_lambda: scalar = -1.0\nmeta v: vector[3] = 0.0"),
+     None),
+    (("weight_decay: 2 * exp(log_lambda)", "weight_decay: exp(v) + 0 * log_lambda"),
+     "the pretrain optimizer's weight_decay must be a single number, but has shape [3]"),
+    (("hypergradient", "meta_optimizer adam(lr: 0.1, weight_decay: exp(log_lambda))\nhypergradient"),
+     "the meta-optimizer's weight_decay must be a number (an expression of meta-parameters is for a stage's "
+     "optimizer)"),
+])
+def test_a_learned_weight_decay_is_checked(change, message):
+    text = RIDGE_DECAY.replace("meta log_lambda: scalar = -1.0", "meta log_lambda: scalar = -1.0\nmeta v: vector[3] = 0.0")
+    text = text.replace(*change) if change[0] in text and message else text
+    if message is None:                                        # v is used by no loss: an error of its own
+        assert any("'v' is used by no loss" in e.message for e in errors_of(text))
+        return
+    assert any(e.message == message or message in e.message for e in errors_of(text)), [e.message for e in errors_of(text)]
+
+
+def test_a_meta_parameter_used_only_by_a_learned_weight_decay_counts_as_used():
+    plan = compile_spec(RIDGE_DECAY, "decay.mpt")
+    assert [m.name for m in plan.metas] == ["log_lambda"]
