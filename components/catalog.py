@@ -12,7 +12,7 @@ from __future__ import annotations
 from mptc.components.registry import (AUGMENTATIONS, BASELINES, DATASETS, ESTIMATORS, FUNCTIONS, HEADS, MODELS, OPTIMIZERS,
                                    PROTOCOLS, SOLVERS, Param)
 from mptc.components.shapes import (B, JK_MODES, POOLS, GraphFeatures, ShapeProblem, broadcast, features,
-                                    fmt, gin_features, is_graph)
+                                    fmt, gin_features, is_graph, is_tokens)
 
 
 def _dense(out_key):
@@ -124,6 +124,14 @@ def _hf_shape(args, in_shape):
         raise ShapeProblem(f"expects token ids of shape [batch, length], got {fmt(in_shape)}")
     if in_shape is not None and args["input"] == "embeds" and (len(in_shape) != 3 or in_shape[2] != width):
         raise ShapeProblem(f"expects embeddings of shape [batch, length, {width}], got {fmt(in_shape)}")
+    if is_tokens(in_shape):                       # text data (text.jsonl): its ids must fit the model
+        tokens, vocab, positions = in_shape[1], config.get("vocab_size"), config.get("max_position_embeddings")
+        if isinstance(vocab, int) and tokens.vocab > vocab:
+            raise ShapeProblem(f"has {vocab} token ids (config.json's vocab_size), its input's go up to "
+                               f"{tokens.vocab - 1}: tokenize with the model's own tokenizer (tokenizer_path: ...)")
+        if isinstance(positions, int) and tokens.length > positions:
+            raise ShapeProblem(f"has {positions} positions (config.json's max_position_embeddings), its input "
+                               f"{tokens.length} tokens: lower the data's max_length")
     return (B, width)
 
 
@@ -551,3 +559,4 @@ DATASETS.register("table", [
     *_OWN_SPLIT_FILES, *_OWN_COMMON,
 ], target="mptc.runtime.userdata:table", shape=lambda a, _: _own_data(a, _table_file(a)),
     doc="Your table: feature and target columns of a csv, parquet or jsonl file; split all, by a column, or by file.")
+from mptc.components import catalog_text  # noqa: E402,F401  (text data and encoders: components/catalog_text.py)

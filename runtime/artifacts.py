@@ -32,6 +32,8 @@ def write_artifacts(out: Path, trainer, state) -> None:
     weights = example_weights(trainer.plan, trainer.prog, trainer.data, state.params, state.metas)
     if weights:
         write_json(Path(out) / "example_weights.json", weights)
+    from mptc.runtime.text import write_tokenizers     # text data's tokenizer: tokenizer.json (docs/text.md)
+    write_tokenizers(out, trainer.data)
 
 
 def example_weights(plan: ir.Plan, prog, data, params: dict, metas: dict, rounded: bool = True) -> dict:

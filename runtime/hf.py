@@ -16,30 +16,35 @@ from mptc.errors import RunError
 
 
 class HFEncoder(nn.Module):
-    """A transformers model, its inputs prepared and its output pooled (see the module's docstring)."""
+    """A transformers model, its inputs prepared and its output pooled (see the module's docstring).
+
+    `forward(x, attention=None, tokens=False)` is the encoders' contract (runtime/text.py, docs/text.md):
+    `attention` [batch, length, length] or [length, length], nonzero where query i may attend key j,
+    replaces full attention (padding is masked either way); `tokens=True` returns the last hidden states
+    [batch, length, hidden] instead of the pooled [batch, hidden]."""
 
     def __init__(self, model: nn.Module, pool: str, input: str):
         super().__init__()
         self.model, self.pool, self.input = model, pool, input
         self.pad = getattr(model.config, "pad_token_id", None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention: torch.Tensor | None = None, tokens: bool = False) -> torch.Tensor:
+        from mptc.runtime.text import attention_mask, pooled, token_ids
+        dtype = next(self.model.parameters()).dtype
         if self.input == "embeds":
-            mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-            out = self.model(inputs_embeds=x, attention_mask=mask)
+            keys = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            out = self.model(inputs_embeds=x, attention_mask=attention_mask(keys, attention, dtype))
         else:
-            ids = (x.round() if x.is_floating_point() else x).long()
-            mask = (ids != self.pad).long() if self.pad is not None else torch.ones_like(ids)
-            out = self.model(input_ids=ids, attention_mask=mask)
+            ids = token_ids(x)
+            keys = ids != self.pad if self.pad is not None else torch.ones_like(ids, dtype=torch.bool)
+            out = self.model(input_ids=ids, attention_mask=attention_mask(keys, attention, dtype))
+        if tokens:
+            return out.last_hidden_state
         if self.pool == "pooler":
             if getattr(out, "pooler_output", None) is None:
                 raise RunError(f"hf: {type(self.model).__name__} has no pooler; use pool: first or pool: mean")
             return out.pooler_output
-        hidden = out.last_hidden_state
-        if self.pool == "first":
-            return hidden[:, 0]
-        weights = mask.to(hidden.dtype).unsqueeze(-1)             # mean over the unmasked tokens
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return pooled(out.last_hidden_state, keys, self.pool)
 
 
 def hf(path: str, pool: str = "mean", input: str = "ids") -> HFEncoder:
