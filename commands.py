@@ -121,17 +121,30 @@ def expansions(spec) -> list[dict]:
     from mptc.compiler.printer import print_expr
     from mptc.compiler.space import expand
     errors, out = [], []
+    _import_code(spec, errors)                      # a user's own primitives, registered by the spec's imports
+    if errors:
+        raise SpecErrors(errors, "")
     for decl in (i for i in spec.items if isinstance(i, ast.SpaceDecl)):
         found = expand(decl, errors)
         stages = {}
         for factor in decl.factors:
             stages.setdefault(factor.stage, list(dict.fromkeys(c.name for c in factor.choices)))
         rules = [{"rule": print_expr(x), "removed": n} for x, n in zip(decl.excludes, found.removed)]
+        rules += [{"rule": print_expr(x), "removed": n, "default": why}
+                  for (why, x), n in zip(found.defaults, found.removed[len(decl.excludes):])]
         out.append({"name": decl.name, "stages": stages, "combinations": math.prod(map(len, stages.values())),
                     "excludes": rules, "objectives": list(found.objectives)})
     if errors:
         raise SpecErrors(errors, "")
     return out
+
+
+def _import_code(spec, errors: list) -> None:
+    """Runs the spec's `import`s (the check's first pass), so primitives they register can be named."""
+    from mptc.compiler.check import _Checker
+    checker = _Checker(spec)
+    checker.imports()
+    errors += checker.errors
 
 
 def cmd_space(args: argparse.Namespace) -> int:
@@ -148,7 +161,8 @@ def cmd_space(args: argparse.Namespace) -> int:
         print(f"space {s['name']}: {n} objective{'s' if n != 1 else ''} of {s['combinations']} combinations "
               f"({' x '.join(s['stages'])})")
         for rule in s["excludes"]:
-            print(f"  removed {rule['removed']}: {rule['rule']}")
+            why = f"   (default: {rule['default']})" if "default" in rule else ""
+            print(f"  removed {rule['removed']}: {rule['rule']}{why}")
         for name in s["objectives"]:
             print(f"  {name}")
     return 0

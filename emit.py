@@ -319,6 +319,8 @@ def _check_plan(plan: ir.Plan) -> None:
         _require(not m.component.args.get("dropout"), "dropout")
     for m in plan.metas:
         _require(m.kind in ("scalar", "vector"), f"{m.kind} meta-parameters")
+        _require(m.rate is None, "a meta-parameter's own rate")
+    _require(plan.auxiliary is None, "auxiliary objectives")
     for e in plan.estimators:
         _require(e.method.name in SUPPORTED_ESTIMATORS, f"{e.stage} estimator '{e.method.name}'")
     _require(plan.train.dtype == "float32", f"train dtype {plan.train.dtype}")

@@ -205,7 +205,7 @@ MetaType = Union[ScalarType, VectorType, NetworkType, FactoredType]
 
 @frozen
 class MetaDecl:
-    """`meta NAME: type [= init] [in [lo, hi]]`."""
+    """`meta NAME: type [= init] [in [lo, hi]] [rate R]`."""
 
     span: Span
     name: str
@@ -213,6 +213,7 @@ class MetaDecl:
     init: Expr | None
     bounds: tuple[Expr, Expr] | None
     name_span: Span  # the name alone, where errors about the declaration point
+    rate: Expr | None = None  # `rate R`: its own meta-optimizer learning rate
 
 
 @frozen

@@ -69,6 +69,7 @@ class Checked:
     let_free: dict         # let name -> the names it depends on, through other lets (inputs, metas, modules)
     imports: tuple = ()    # the user code the plan needs: the spec's imports, then other origins of its components
     notes: tuple = ()      # Notes for `mptc check` to print (e.g. an output shape known only at run time)
+    aux: dict = {}         # space -> what lowering needs of its auxiliary block (encoder, hidden, vocab, classes)
 
 
 class _Checker:
@@ -260,6 +261,9 @@ class _Checker:
                                      hint=did_you_mean(t.space, self.of(ast.SpaceDecl))))
             if decl.init is not None and not _is_number(fold(decl.init)):
                 self.err(BadArgument(decl.init.span, "a meta-parameter's initial value must be a number"))
+            if decl.rate is not None and not (_is_number(fold(decl.rate)) and fold(decl.rate) > 0):
+                self.err(OutOfRange(decl.rate.span, "a meta-parameter's rate (its meta-optimizer learning rate) "
+                                    "must be a number > 0"))
             self._bounds(decl)
 
     def _bounds(self, decl):
@@ -314,6 +318,8 @@ class _Checker:
             self._stage_values(stage, found)
 
     def _stage_values(self, stage, found):
+        if stage.kind == "auxiliary":
+            return self._auxiliary_values(stage, found)
         for need in ("data", "loss"):
             if need not in found:
                 self.err(MissingPart(stage.span, f"{stage.kind} needs a '{need}' clause"))
@@ -335,6 +341,105 @@ class _Checker:
             elif ident.name in named:
                 self.err(DuplicateName(ident.span, f"'{ident.name}' is named twice in the update list"))
             named.add(ident.name)
+
+    def _auxiliary_values(self, stage, found):
+        """An `auxiliary SPACE { ... }` block: a space over AANG's primitives, its weights, the sample size."""
+        spaces = self.of(ast.SpaceDecl)
+        if stage.name not in spaces:
+            at = Span(stage.span.path, stage.span.line, stage.span.col + len("auxiliary "), stage.span.line,
+                      stage.span.col + len("auxiliary ") + len(stage.name))
+            self.err(UnknownName(at, f"unknown space '{stage.name}' (an auxiliary block weights the objectives of a "
+                                 f"space declaration)", hint=did_you_mean(stage.name, spaces)))
+        else:
+            self._aang_space(spaces[stage.name])
+        if "weights" not in found:
+            self.err(MissingPart(stage.span, f"auxiliary {stage.name} needs a 'weights' clause, e.g. "
+                                 f"weights softmax(w) with meta w: factored({stage.name})"))
+        if "sample" in found and found["sample"].n < 1:
+            self.err(OutOfRange(found["sample"].span, f"sample must be >= 1, got {found['sample'].n}"))
+        if "data" in found:
+            self.data_ref(found["data"].ref, found["data"].batch, found["data"].span)
+
+    def _aang_space(self, decl):
+        """The space an auxiliary block weights: stages data, transform, represent and output, each choice a
+        registered primitive of its stage (components/catalog_aang.py)."""
+        from mptc.components.registry import AUX_STAGES
+        stages = [f.stage for f in decl.factors]
+        if sorted(stages) != sorted(AUX_STAGES) or len(stages) != len(AUX_STAGES):
+            self.err(BadArgument(decl.name_span, f"space '{decl.name}' must have the stages "
+                                 f"{', '.join(AUX_STAGES)} to be an auxiliary block's (it has {', '.join(stages)})"))
+            return
+        for factor in decl.factors:
+            registry = AUX_STAGES[factor.stage]
+            for choice in factor.choices:
+                comp = registry.get(choice.name)
+                if comp is None:
+                    self.err(UnknownComponent(choice.span, f"unknown {factor.stage} primitive '{choice.name}' "
+                                              f"(known: {', '.join(registry.names())})",
+                                              hint=did_you_mean(choice.name, registry.names())))
+                else:
+                    self.used(comp)
+
+    def auxiliary(self):
+        """What lowering needs of each auxiliary block: the encoder (the one model the pretrain loss applies
+        to x), its width, the token vocabulary and the end task's classes; the weights' and end-task weight's
+        shapes (meta-parameters alone, [objectives] and one number)."""
+        self.aux_info = {}
+        pt = self.stages.get("pretrain", {})
+        for key, found in self.stages.items():
+            node = found["_node"]
+            if node.kind != "auxiliary" or node.name not in self.spaces_of:
+                continue
+            count = len(self.spaces_of[node.name])
+            if "weights" in found:
+                shape = self.shape(found["weights"].expr, {})
+                if shape is not None and shape != (count,):
+                    self.err(ShapeMismatch(found["weights"].expr.span, f"the weights must have one entry per "
+                                           f"objective of space '{node.name}' ([{count}]), but have shape {fmt(shape)}"))
+            if "end_task_weight" in found:
+                self.meta_scalar(found["end_task_weight"].expr, "the end task's weight")
+            if "sample" in found and found["sample"].n > count:
+                self.err(OutOfRange(found["sample"].span, f"sample {found['sample'].n} exceeds the {count} objectives "
+                                    f"of space '{node.name}'"))
+            self._aux_data(node, found)
+            if "loss" not in pt or "data" not in pt:
+                continue
+            encoders = [c for c in _walk(pt["loss"].expr) if type(c) is ast.Call and isinstance(
+                self.decls.get(c.func.dotted), ast.ModelDecl) and len(c.args) == 1 and type(c.args[0]) is ast.Ref
+                and c.args[0].dotted == "x"]
+            names = list(dict.fromkeys(c.func.dotted for c in encoders))
+            if len(names) != 1:
+                self.err(BadArgument(pt["loss"].expr.span, f"auxiliary {node.name}: the pretrain loss must apply "
+                                     f"one model to x, the encoder the auxiliary objectives share "
+                                     f"(it applies {', '.join(names) or 'none'})"))
+                continue
+            shapes = self.data_shapes.get(pt["data"].ref.parts[0])
+            if shapes is None:
+                continue
+            x, y = shapes["x"], shapes["y"]
+            vocab = getattr(x[1], "vocab", None) if len(x) == 2 else None
+            if vocab is None:
+                self.err(ShapeMismatch(pt["data"].ref.span, f"auxiliary {node.name}: AANG's primitives need token ids "
+                                       f"(text.jsonl, text.lines data), but '{pt['data'].ref.dotted}' has x {fmt(x)}"))
+                continue
+            out = self.shape(encoders[0], {"x": x, "y": y})
+            if out is None or len(out) != 2 or not isinstance(out[1], int):
+                continue
+            self.aux_info[node.name] = {"encoder": names[0], "hidden": out[1], "vocab": vocab, "classes": y[1],
+                                        "end_task_data": pt["data"].ref.parts[0]}
+
+    def _aux_data(self, node, found):
+        """A data clause iff the space has an unlabelled (in-domain) data choice."""
+        from mptc.components.registry import AUX_DATA
+        decl = self.of(ast.SpaceDecl)[node.name]
+        stream = [c for f in decl.factors if f.stage == "data" for c in f.choices
+                  if c.name in AUX_DATA and "labelled" not in AUX_DATA.get(c.name).traits]
+        if stream and "data" not in found:
+            self.err(MissingPart(node.span, f"auxiliary {node.name}: objectives on '{stream[0].name}' data need a "
+                                 f"data clause naming that data, e.g. data domain batch 32"))
+        elif "data" in found and not stream:
+            self.err(BadArgument(found["data"].span, f"auxiliary {node.name}: its space has no in_domain data "
+                                 f"choice, so its data clause would be read by no objective"))
 
     def data_ref(self, ref: ast.Ref, batch, span):
         """The data shapes a `data.split` reference reads, or None."""
@@ -387,6 +492,8 @@ class _Checker:
     def expressions(self):
         self.let_table()
         for key, found in self.stages.items():
+            if found["_node"].kind == "auxiliary":
+                continue                                # its clauses: the auxiliary pass
             shapes = self.data_ref_shapes(found.get("data"))
             if "loss" in found:
                 self.scalar(found["loss"].expr, shapes, f"the {found['_node'].kind} loss")
@@ -647,11 +754,15 @@ class _Checker:
             if ev.against and "baselines" not in traits:
                 self.err(BadArgument(ev.against[0].span, f"{protocol['name']} compares no baselines: drop "
                                      f"'against {', '.join(i.name for i in ev.against)}'"))
+            has_aux = any(k.startswith("auxiliary ") for k in self.stages)
             for ident in ev.against:
                 if BASELINES.get(ident.name) is None:
                     self.err(UnknownComponent(ident.span, f"unknown baseline '{ident.name}' "
                                               f"(known: {', '.join(BASELINES.names())})",
                                               hint=did_you_mean(ident.name, BASELINES.names())))
+                elif "auxiliary" in BASELINES.get(ident.name).traits and not has_aux:
+                    self.err(MissingPart(ident.span, f"baseline '{ident.name}' compares auxiliary objectives: the "
+                                         f"spec has no auxiliary block"))
             if "splits" in traits:                      # it fine-tunes on train, val and test
                 self._evaluation_splits(ev)
 
@@ -677,8 +788,12 @@ class _Checker:
                                  note=f"e.g. data {decl.name} = ... split train 0.2, val 0.3, test 0.5"))
 
     def _estimator(self, entry):
-        if entry.stage not in ESTIMATOR_DEFAULTS:
-            stages = ", ".join(ESTIMATOR_DEFAULTS)
+        if entry.stage == "auxiliary" and not any(k.startswith("auxiliary ") for k in self.stages):
+            self.err(MissingPart(key_span(entry.span, entry.stage), "hypergradient auxiliary: the spec has no "
+                                 "auxiliary block"))
+            return
+        if entry.stage not in ESTIMATOR_DEFAULTS and entry.stage != "auxiliary":
+            stages = ", ".join([*ESTIMATOR_DEFAULTS, "auxiliary"])
             self.err(UnknownName(key_span(entry.span, entry.stage), f"unknown stage '{entry.stage}' (hypergradients "
                                  f"pass through {stages})", hint=did_you_mean(entry.stage, ESTIMATOR_DEFAULTS)))
             return
@@ -720,14 +835,7 @@ class _Checker:
 
     # ---- pass 0: what the language can say but mptc does not run yet, and literals -------------------
     def supported(self):
-        for item in self.spec.items:
-            if isinstance(item, ast.Stage) and item.kind == "auxiliary":
-                self.err(Unsupported(key_span(item.span, "auxiliary"), "unsupported: auxiliary objectives (AANG) "
-                                     "are not implemented yet; remove the auxiliary block"))
-            elif isinstance(item, ast.MetaDecl) and isinstance(item.type, ast.FactoredType) and any(
-                    isinstance(i, ast.SpaceDecl) and i.name == item.type.space for i in self.spec.items):
-                self.err(Unsupported(item.type.span, "unsupported: factored weights over a space (AANG) are not "
-                                     "implemented yet"))
+        """Every construct of the language runs now (auxiliary blocks and factored metas since issue 16)."""
 
     def literals(self):
         """A number literal beyond float's range (`1e400`) is an error, not infinity."""
@@ -751,6 +859,11 @@ class _Checker:
                     used |= _free(expr, let_free)
         if "augment" in pt:
             used |= _free(pt["augment"].call, let_free)
+        for found in self.stages.values():              # an auxiliary block's weights
+            if found["_node"].kind == "auxiliary":
+                for clause in ("weights", "end_task_weight"):
+                    if clause in found:
+                        used |= _free(found[clause].expr, let_free)
         for name, decl in self.of(ast.MetaDecl).items():
             if name not in used:
                 self.err(UnusedMeta(decl.name_span, f"meta-parameter '{name}' is used by no loss (nor by a let "
@@ -791,6 +904,7 @@ class _Checker:
         self.let_order_names = self.let_order()
         self.stage_clauses()
         self.expressions()
+        self.auxiliary()
         self.meta_level()
         self.required()
         if self.errors:
@@ -805,7 +919,7 @@ class _Checker:
         meta_only = frozenset(n for n in self.let_order_names if let_free[n] <= metas)
         return Checked(self.spec, self.decls, self.args, self.stages, self.in_dims, self.data_shapes,
                        self.spaces_of, self.let_order_names, meta_only, let_free, tuple(self.origins),
-                       tuple(self.notes))
+                       tuple(self.notes), self.aux_info)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -888,6 +1002,15 @@ def _mismatch_note(expr, left, right) -> str | None:
 
 _FIELDS: dict = {}  # node type -> its fields that can hold nodes (spans excluded)
 _NODES = frozenset(v for v in vars(ast).values() if isinstance(v, type) and attrs.has(v) and v is not Span)
+
+
+def _walk(node):
+    """Every node of an expression tree."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack += _kids(n)
 
 
 def _kids(node) -> list:

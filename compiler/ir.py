@@ -110,7 +110,15 @@ class Norm:
     module: str
 
 
-IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index, Augmented, Augment, Norm]
+@frozen
+class AuxTerm:
+    """The auxiliary block's term of the PT loss: sum_k w~_k L_k over the objectives sampled for the batch
+    (plan.auxiliary says which space, weights and heads; runtime/aang.py computes it)."""
+
+    space: str
+
+
+IExpr = Union[Const, Input, MetaRef, LetRef, Apply, Fn, Bin, Neg, Index, Augmented, Augment, Norm, AuxTerm]
 
 
 # ---- the plan ------------------------------------------------------------------------------------
@@ -154,15 +162,38 @@ class MetaParam:
     bounds: tuple[float, float] | None
     network: Component | None
     in_dim: Any = None  # a network's inferred input: features, or the per-example shape (channels, ...)
+    space: str | None = None  # a factored meta's space: size = objectives + every stage's choices
+    rate: float | None = None  # its own meta-optimizer learning rate (`meta ... rate R`), else the optimizer's
 
 
 @frozen
 class Space:
-    """An AANG search space, expanded: its objectives' names in order (`mptc space` lists them; runs
-    record them in ir.json until auxiliary objectives are implemented)."""
+    """An AANG search space, expanded: its objectives' names in order (`mptc space` lists them)."""
 
     name: str
     objectives: tuple[str, ...]
+    stages: tuple[str, ...] = ()
+
+
+@frozen
+class AuxiliaryPlan:
+    """An `auxiliary SPACE { ... }` block (AANG): the space's objectives (`data.transform.represent.output`),
+    `extra` objectives the evaluation's single-objective baselines train (outside the space), the encoder
+    they share (the model the pretrain loss applies to x), a head per output (output, head module), the
+    weights over the objectives ([objectives]), the end task's weight and loss (the pretrain loss), its
+    data, the objectives sampled per PT step, and the in-domain data (the block's data clause), if any."""
+
+    space: str
+    objectives: tuple[str, ...]
+    extra: tuple[str, ...]
+    encoder: str
+    heads: tuple[tuple[str, str], ...]
+    weights: IExpr
+    end_task_weight: IExpr
+    end_task_loss: IExpr
+    end_task_data: str
+    sample: int
+    data: DataRef | None
 
 
 @frozen
@@ -263,6 +294,7 @@ class Plan:
     evaluate: Evaluate | None
     hg_check_every: int | None = None
     imports: tuple[str, ...] = ()  # the user code it needs: files (absolute .py paths) and modules (names)
+    auxiliary: AuxiliaryPlan | None = None
 
 
 def to_json(node) -> Any:

@@ -30,7 +30,7 @@ CLAUSES = {"data": ast.DataClause, "loss": ast.LossClause, "optimizer": ast.Opti
 CLAUSE_NAME = {cls: name for name, cls in CLAUSES.items()}
 STAGE_CLAUSES = {"pretrain": ("data", "loss", "optimizer", "steps", "augment"),
                  "finetune": ("data", "loss", "optimizer", "unroll"),
-                 "auxiliary": ("data", "loss", "sample", "weights", "end_task_weight", "optimizer")}
+                 "auxiliary": ("data", "sample", "weights", "end_task_weight")}
 
 # what `--set ROOT.…=VALUE` reaches (compiler/overrides.py)
 OVERRIDE_PREFIX = "--set "  # an override's errors point into the synthetic file `--set ITEM`, whose text is ITEM

@@ -90,10 +90,15 @@ class _Lower:
         t = d.type
         kind = type(t).__name__.removesuffix("Type").lower()
         size = t.length if isinstance(t, ast.VectorType) else 1
+        space = t.space if isinstance(t, ast.FactoredType) else None
+        if space is not None:                           # W_all over the objectives, then each stage's choices
+            size = len(self.c.spaces[space]) + sum(len(c) for c in factored_choices(self.c.spaces[space]))
         network = _component(self.c.args[id(t.component)]) if isinstance(t, ast.NetworkType) else None
         bounds = tuple(float(fold(b)) for b in d.bounds) if d.bounds else None
         init = float(fold(d.init)) if d.init is not None else 0.0
-        return ir.MetaParam(name, kind, size, init, bounds, network, self.c.in_dims.get(name) if network else None)
+        rate = float(fold(d.rate)) if d.rate is not None else None
+        return ir.MetaParam(name, kind, size, init, bounds, network, self.c.in_dims.get(name) if network else None,
+                            space, rate)
 
     def data_ref(self, clause_or_ref, batch):
         ref = clause_or_ref.ref if isinstance(clause_or_ref, ast.DataClause) else clause_or_ref
@@ -122,10 +127,50 @@ class _Lower:
         return self.data_ref(found["data"], found["data"].batch), loss, _component(checked)
 
     def pretrain(self) -> ir.PretrainPlan:
+        """With an auxiliary block, the loss is `end_task_weight * loss + the auxiliary term` and the stage
+        also trains the auxiliary heads."""
         found = self.c.stages["pretrain"]
         steps = found["steps"].n if "steps" in found else DEFAULT_STEPS["pretrain"]
         trains = self.modules_in(found["loss"].expr)
-        return ir.PretrainPlan(*self._stage_parts("pretrain", trains), steps, trains)
+        aux = self.auxiliary_plan()
+        if aux is not None:
+            trains += tuple(head for _, head in aux.heads)
+        data, loss, optimizer = self._stage_parts("pretrain", trains)
+        if aux is not None:
+            loss = ir.Bin("+", ir.Bin("*", aux.end_task_weight, loss), ir.AuxTerm(aux.space))
+        return ir.PretrainPlan(data, loss, optimizer, steps, trains)
+
+    def auxiliary_plan(self) -> ir.AuxiliaryPlan | None:
+        """The auxiliary block (at most one), its heads named `_SPACE_OUTPUT`."""
+        blocks = [f for f in self.c.stages.values() if f["_node"].kind == "auxiliary"]
+        if not blocks:
+            return None
+        found = blocks[0]
+        space, info = found["_node"].name, self.c.aux[found["_node"].name]
+        objectives = tuple(self.c.spaces[space])
+        evaluate = _single(self.c.spec, ast.EvaluateDecl)
+        from mptc.components.catalog_aang import SINGLE_OBJECTIVES
+        extra = tuple(dict.fromkeys(SINGLE_OBJECTIVES[i.name] for i in (evaluate.against if evaluate else ())
+                                    if i.name in SINGLE_OBJECTIVES and SINGLE_OBJECTIVES[i.name] not in objectives))
+        outputs = dict.fromkeys(o.split(".")[3] for o in (*objectives, *extra))
+        heads = tuple((o, f"_{space}_{o}") for o in outputs)
+        end_weight = self.expr(found["end_task_weight"].expr) if "end_task_weight" in found else ir.Const(1.0)
+        data = self.data_ref(found["data"], found["data"].batch) if "data" in found else None
+        sample = found["sample"].n if "sample" in found else len(objectives)
+        return ir.AuxiliaryPlan(space, objectives, extra, info["encoder"], heads, self.expr(found["weights"].expr),
+                                end_weight, self.expr(self.c.stages["pretrain"]["loss"].expr), info["end_task_data"],
+                                sample, data)
+
+    def aux_heads(self):
+        """A linear head per output of the auxiliary objectives: vocabulary-sized, or class-sized (labels)."""
+        aux = self.auxiliary_plan()
+        if aux is None:
+            return
+        from mptc.components.registry import OUTPUTS
+        info = self.c.aux[aux.space]
+        for output, name in aux.heads:
+            out = info["classes"] if "labels" in OUTPUTS.get(output).traits else info["vocab"]
+            yield ir.Module(name, "head", ir.Component("linear", {"out": out, "bias": True}), info["hidden"])
 
     def finetune(self) -> ir.FinetunePlan:
         """`trains`: the modules `unroll K update ...` names, else those the FT loss uses that PT does not."""
@@ -151,7 +196,11 @@ class _Lower:
     def estimators(self):
         hg = _single(self.c.spec, ast.HypergradientDecl)
         given = {e.stage: _component(self.c.args[id(e.estimator)]) for e in (hg.entries if hg else ())}
-        for stage, default in ESTIMATOR_DEFAULTS.items():
+        stages = dict(ESTIMATOR_DEFAULTS)
+        if any(f["_node"].kind == "auxiliary" for f in self.c.stages.values()):
+            from mptc.components.catalog_aang import AUX_ESTIMATOR_DEFAULT
+            stages["auxiliary"] = AUX_ESTIMATOR_DEFAULT
+        for stage, default in stages.items():
             method = given.get(stage) or _component(defaults(ESTIMATORS, default))
             yield ir.Estimator(stage, method)
 
@@ -178,9 +227,10 @@ class _Lower:
             name=header.name if header else Path(self.c.spec.span.path).stem,
             doc=(header.doc or "") if header else "",
             datasets=tuple(self.datasets()),
-            modules=tuple(self.modules()),
+            modules=(*self.modules(), *self.aux_heads()),
             metas=tuple(self.meta_params()),
-            spaces=tuple(ir.Space(n, tuple(objectives)) for n, objectives in self.c.spaces.items()),
+            spaces=tuple(ir.Space(n, tuple(objectives), tuple(dict.fromkeys(f.stage for f in self.c.decls[n].factors)))
+                         for n, objectives in self.c.spaces.items()),
             lets=tuple(ir.Let(n, self.expr(self.lets[n].value), n in self.c.meta_only_lets)
                        for n in self.c.let_order),
             pretrain=self.pretrain(),
@@ -192,7 +242,19 @@ class _Lower:
             evaluate=self.evaluate(),
             hg_check_every=hg.check_every if hg else None,
             imports=self.c.imports,
+            auxiliary=self.auxiliary_plan(),
         )
+
+
+def factored_choices(objectives) -> list[list[str]]:
+    """Each stage's choices that some objective makes, in order of appearance: the stage weights of a
+    factored meta (W_d, W_t, W_r, W_o).
+
+        >>> factored_choices(["a.u", "b.u", "b.v"])
+        [['a', 'b'], ['u', 'v']]
+    """
+    parts = [o.split(".") for o in objectives]
+    return [list(dict.fromkeys(p[i] for p in parts)) for i in range(len(parts[0]))] if parts else []
 
 
 def _per_example(shape):

@@ -150,7 +150,10 @@ class _Build(Transformer):
         return ast.HeadDecl(self._s(meta), str(c[0]), c[1], self._tok(c[0]))
 
     def meta_decl(self, meta, c):
-        return ast.MetaDecl(self._s(meta), str(c[0]), c[1], c[2], c[3], self._tok(c[0]))
+        return ast.MetaDecl(self._s(meta), str(c[0]), c[1], c[2], c[3], self._tok(c[0]), c[4])
+
+    def rate(self, meta, c):
+        return c[0]
 
     def bounds(self, meta, c):
         return (c[0], c[1])

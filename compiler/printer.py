@@ -161,7 +161,8 @@ class _Printer:
     def _print_MetaDecl(self, d: ast.MetaDecl) -> str:
         init = "" if d.init is None else f" = {self.visit(d.init)}"
         bounds = "" if d.bounds is None else f" in [{self.joined(d.bounds)}]"
-        return f"meta {d.name}: {self.visit(d.type)}{init}{bounds}"
+        rate = "" if d.rate is None else f" rate {self.visit(d.rate)}"
+        return f"meta {d.name}: {self.visit(d.type)}{init}{bounds}{rate}"
 
     def _print_LetDecl(self, d: ast.LetDecl) -> str:
         return f"let {d.name} = {self.visit(d.value)}"

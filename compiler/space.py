@@ -17,7 +17,7 @@ import math
 import attrs
 
 from mptc.compiler import ast
-from mptc.errors import DuplicateName, OutOfRange, Span, UnknownName, did_you_mean
+from mptc.errors import NO_SPAN, DuplicateName, OutOfRange, Span, UnknownName, did_you_mean
 
 # Far beyond AANG's spaces (hundreds of objectives); a product of a few more factors would take minutes.
 MAX_COMBINATIONS = 100_000
@@ -25,11 +25,30 @@ MAX_COMBINATIONS = 100_000
 
 @attrs.frozen
 class Expanded:
-    """The objectives of a space, and how many each exclude rule removed (rules in order)."""
+    """The objectives of a space, and how many each exclude rule removed (rules in order: the spec's, then
+    the default rules of a space over AANG's primitives, `defaults` giving (why, rule) for each of those)."""
 
     stages: tuple[str, ...]
     objectives: tuple[str, ...]
     removed: tuple[int, ...]
+    defaults: tuple = ()
+    choices: tuple = ()   # (stage, its choices) in order
+
+
+def default_excludes(choices: dict) -> list[tuple[str, ast.Exclude]]:
+    """(why, exclude node) for each default rule of a space whose stages are AANG's primitives
+    (components/catalog_aang.py): the paper's illegal combinations."""
+    from mptc.components.catalog_aang import default_rules, is_aang
+    from mptc.components.registry import catalog_loaded
+    catalog_loaded()
+    if not is_aang(choices):
+        return []
+    out = []
+    for why, conds in default_rules(choices):
+        nodes = tuple(ast.Condition(NO_SPAN, stage, "==" if len(names) == 1 else "in",
+                                    tuple(ast.Ident(NO_SPAN, n) for n in names)) for stage, names in conds)
+        out.append((why, ast.Exclude(NO_SPAN, nodes)))
+    return out
 
 
 def _check(decl: ast.SpaceDecl, errors: list) -> dict:
@@ -71,17 +90,19 @@ def expand(decl: ast.SpaceDecl, errors: list) -> Expanded:
     """All objectives of a space after exclusions, in product order."""
     choices = _check(decl, errors)
     stages = tuple(choices)
-    kept, removed = [], [0] * len(decl.excludes)
+    defaults = tuple(default_excludes(choices))
+    rules = (*decl.excludes, *(rule for _, rule in defaults))
+    kept, removed = [], [0] * len(rules)
     size = math.prod(len(c) for c in choices.values())
     if size > MAX_COMBINATIONS:
         errors.append(OutOfRange(decl.name_span, f"space '{decl.name}' has {size} combinations, "
                                  f"more than the {MAX_COMBINATIONS} supported"))
-        return Expanded(stages, (), tuple(removed))
+        return Expanded(stages, (), tuple(removed), defaults, tuple(choices.items()))
     for combo in itertools.product(*choices.values()):
         named = dict(zip(stages, combo))
-        hit = next((i for i, r in enumerate(decl.excludes) if all(_holds(c, named) for c in r.conditions)), None)
+        hit = next((i for i, r in enumerate(rules) if all(_holds(c, named) for c in r.conditions)), None)
         if hit is None:
             kept.append(".".join(combo))
         else:
             removed[hit] += 1
-    return Expanded(stages, tuple(kept), tuple(removed))
+    return Expanded(stages, tuple(kept), tuple(removed), defaults, tuple(choices.items()))

@@ -457,7 +457,8 @@ ESTIMATOR_DEFAULTS = {"pretrain": "ift", "finetune": "unroll"}
 
 # ---- evaluation ----------------------------------------------------------------------------------
 PROTOCOLS.register("finetune", [
-    Param("epochs", "int", 50, min=1), Param("metric", "choice", "auroc", choices=("auroc", "accuracy")),
+    Param("epochs", "int", 50, min=1), Param("metric", "choice", "auroc", choices=("auroc", "accuracy", "top1"),
+          doc="auroc or accuracy per task (sigmoid heads), or top1: multi-class accuracy (a softmax head)"),
     Param("seeds", "int", 5, min=1), Param("lr", "float", 1e-3, min=0, min_exclusive=True),
     Param("batch", "int", 128, min=1), Param("mode", "choice", "full", choices=("full", "linear")),
     Param("patience", "int", 10, min=1),
@@ -559,4 +560,5 @@ DATASETS.register("table", [
     *_OWN_SPLIT_FILES, *_OWN_COMMON,
 ], target="mptc.runtime.userdata:table", shape=lambda a, _: _own_data(a, _table_file(a)),
     doc="Your table: feature and target columns of a csv, parquet or jsonl file; split all, by a column, or by file.")
+from mptc.components import catalog_aang  # noqa: E402,F401  (AANG primitives: components/catalog_aang.py)
 from mptc.components import catalog_text  # noqa: E402,F401  (text data and encoders: components/catalog_text.py)

@@ -355,6 +355,8 @@ DATASETS.register("text.jsonl", [
     Param("lowercase", "bool", True, doc="the trained tokenizer lowercases (and, wordpiece, strips accents)"),
     Param("corpus", "path", "", doc="a .txt or .txt.gz file, one document per line, the trained tokenizer "
           "learns from too"),
+    Param("labels", "int", None, min=1, doc="a label budget: keep this many examples of the train split, a "
+          "random subset drawn with seed (the tokenizer still learns from every train text)"),
     _SEED,
 ], target="mptc.runtime.text:text_jsonl", shape=_jsonl_shape,
     doc="Labelled text from JSON lines: x token ids [batch, max_length] (long), y one-hot classes; split all, "

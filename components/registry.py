@@ -289,9 +289,16 @@ SOLVERS = Registry("solver")          # linear solvers inside ift(...)
 PROTOCOLS = Registry("protocol")      # evaluation protocols
 BASELINES = Registry("baseline")
 AUGMENTATIONS = Registry("augmentation")  # differentiable input transforms of the `augment` clause
+# AANG's stage primitives (Dery et al. 2023): the choices of a space's data, transform, represent and output stages
+AUX_DATA = Registry("aux_data")
+TRANSFORMS = Registry("transform")
+REPRESENTATIONS = Registry("representation")
+OUTPUTS = Registry("output")
 
 ALL = {r.kind: r for r in (MODELS, HEADS, DATASETS, OPTIMIZERS, FUNCTIONS, ESTIMATORS, SOLVERS,
-                           PROTOCOLS, BASELINES, AUGMENTATIONS)}
+                           PROTOCOLS, BASELINES, AUGMENTATIONS, AUX_DATA, TRANSFORMS, REPRESENTATIONS, OUTPUTS)}
+# a space's stages that name AANG primitives, in the order objectives name them (data.transform.represent.output)
+AUX_STAGES = {"data": AUX_DATA, "transform": TRANSFORMS, "represent": REPRESENTATIONS, "output": OUTPUTS}
 
 
 def catalog_loaded() -> None:

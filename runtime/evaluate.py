@@ -77,7 +77,18 @@ def accuracy(y: Tensor, scores: Tensor) -> float:
     return float(((scores > 0).float() == y).float().mean())
 
 
-METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {"auroc": auroc, "accuracy": accuracy}
+def top1(y: Tensor, scores: Tensor) -> float:
+    """Multi-class accuracy: the fraction of examples whose highest-scoring class is the labelled one (y
+    one-hot, e.g. text.jsonl's classes). Fine-tuning for it minimises softmax cross-entropy.
+
+        >>> top1(torch.tensor([[0., 1.], [1., 0.]]), torch.tensor([[-1., 2.], [-0.5, 3.]]))
+        0.5
+    """
+    return float((scores.argmax(-1) == y.argmax(-1)).float().mean())
+
+
+METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {"auroc": auroc, "accuracy": accuracy, "top1": top1}
+MULTICLASS = {"top1"}  # metrics whose fine-tuning is a softmax over the classes (else a sigmoid per task)
 
 
 def summarize(values: list[float]) -> dict:
@@ -122,7 +133,7 @@ def finetune_evaluate(encoder: torch.nn.Module, splits: dict[str, tuple[Tensor, 
         model, data = _prepare(encoder, splits, mode, head_init)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-        best = _fit(model, opt, data, METRICS[metric], epochs, batch, patience, gen)
+        best = _fit(model, opt, data, METRICS[metric], epochs, batch, patience, gen, metric in MULTICLASS)
         model.load_state_dict(best)
         return _score(model, data["test"], METRICS[metric])
 
@@ -189,11 +200,11 @@ def _prepare(encoder: torch.nn.Module, splits: dict, mode: str, head_init: float
 
 
 def _fit(model: torch.nn.Module, opt: torch.optim.Optimizer, data: dict, score: Callable,
-         epochs: int, batch: int, patience: int, gen: torch.Generator) -> dict:
+         epochs: int, batch: int, patience: int, gen: torch.Generator, softmax: bool = False) -> dict:
     """Train with early stopping on the val score; the best state dict."""
     best, best_state, waited = -math.inf, None, 0
     for _ in range(epochs):
-        _epoch(model, opt, *data["train"], batch, gen)
+        _epoch(model, opt, *data["train"], batch, gen, softmax)
         val = _score(model, data["val"], score)
         val = -math.inf if math.isnan(val) else val
         if best_state is None or val > best:
@@ -206,12 +217,15 @@ def _fit(model: torch.nn.Module, opt: torch.optim.Optimizer, data: dict, score: 
 
 
 def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, batch: int,
-           gen: torch.Generator) -> None:
-    """One shuffled pass of Adam steps on BCE-with-logits."""
+           gen: torch.Generator, softmax: bool = False) -> None:
+    """One shuffled pass of Adam steps on BCE-with-logits (softmax cross-entropy for a multi-class metric)."""
     model.train()
     for idx in torch.randperm(len(x), generator=gen).split(batch):
         logits = model(x[idx])
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx].to(logits.dtype))
+        if softmax:
+            loss = torch.nn.functional.cross_entropy(logits, y[idx].argmax(-1))
+        else:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx].to(logits.dtype))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

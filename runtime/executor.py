@@ -43,7 +43,7 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool | Progress = T
         method = "search" if trainer.pt.drives else "meta"
         state, train_s, last = train(trainer, tmp / "metrics.jsonl", report)
         tasks = _task_names(trainer)
-        meta = meta_json(_check_trained(state, trainer.prog, last), tasks)
+        meta = meta_json(_check_trained(state, trainer.prog, last), tasks, trainer.prog.value_names())
         write_json(tmp / "meta.json", meta)
         torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
                     "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
@@ -68,7 +68,8 @@ def write_summary(tmp: Path, out: Path, trainer: Trainer, method: str, found: di
     """DIR/summary.txt (runtime/summary.py): the run's results, the learned meta-parameters against their
     initial values, the time split and the files."""
     from mptc.runtime.summary import summary_text
-    start = meta_json(trainer.prog.meta_values(trainer.prog.init_metas()), tasks)   # the same on every call
+    start = meta_json(trainer.prog.meta_values(trainer.prog.init_metas()), tasks,   # the same on every call
+                      trainer.prog.value_names())
     files = sorted({*os.listdir(tmp), "summary.txt"})
     text = summary_text(trainer.plan, method, found, meta, start, times, out, files)
     (tmp / "summary.txt").write_text(text, encoding="utf-8")

@@ -75,6 +75,7 @@ class Settings:
     max_nonfinite: int
     check_every: int | None
     bounds: dict
+    rates: dict = attrs.Factory(dict)   # meta-parameter -> its own meta-optimizer learning rate (`meta ... rate R`)
 
 
 class Stages:
@@ -92,6 +93,9 @@ class Stages:
         self.online_keys = [k for k in self.ft_keys if k not in set(self.pt_keys)]   # the FT head: online steps
         self.pt_opt, self.ft_opt, self.meta_opt = optimizers
         self.pt, self.ft = estimators
+        # an auxiliary block's estimator (AANG; runtime/aang.py), the meta-parameters it owns, and the
+        # parameters of the modules the meta-objective applies (its dev head's): set by a plan's Trainer
+        self.aux_est, self.aux_metas, self.val_keys = None, (), []
 
     def fresh_start(self, seed: int) -> None:
         """Back to where a run starts: batch streams, augmentation noise and torch's generator reseeded
@@ -164,15 +168,27 @@ class Stages:
     def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):
         """(L_val, {meta: dL_val/dphi}, info): through the FT stage (v = dL_val/dtheta and the direct
         term), then through the PT stage."""
+        own, info_aux = {}, {}
+        if self.aux_est is not None:                    # the auxiliary weights' own estimator (alignment)
+            (own, info_aux), t_aux = timed(self.aux_est.through_aux, self, state, pt_batch, val_batch)
+            info_aux["alignment_s"] = t_aux
+            if set(own) >= set(state.metas):            # it owns every meta-parameter: no FT unroll, no IFT
+                state.est.pop("kept", None)
+                with torch.no_grad():
+                    l_val = self.loss_val(state.params, state.metas, *val_batch)
+                return l_val, own, {"iters": 0, "residual": 0.0, **info_aux}
         (l_val, v, direct), t_ft = timed(self.ft.through_ft, self, state, ft_batches, val_batch)
         hg, info = self.pt.through_pt(self, state, pt_batch, v)
         state.est["last"] = (pt_batch, v, direct)       # what `check` compares against
         state.est.pop("kept", None)                     # no graph outlives the meta-step
-        return l_val, {n: hg[n] + direct[n] for n in hg}, {**info, "ft_unroll_s": t_ft}
+        return l_val, {n: own.get(n, hg[n] + direct[n]) for n in hg}, {**info, **info_aux, "ft_unroll_s": t_ft}
 
     def check(self, state: State, hg: dict) -> float:
         """Cosine of the estimate `hg` to the reference (IFT with CG to tolerance, exact products) on the
-        same batches and state, whatever the plan's PT estimator."""
+        same batches and state, whatever the plan's PT estimator (NaN when the meta-step used none: an
+        auxiliary block's alignment owning every meta-parameter)."""
+        if "last" not in state.est:
+            return float("nan")
         pt_batch, v, direct = state.est["last"]
         ref, _ = reference(self, state, pt_batch, v)
         a = torch.cat([hg[n].flatten() for n in ref]).double()
@@ -185,7 +201,9 @@ class Stages:
         with torch.no_grad():
             new, state.meta_opt = self.meta_opt.update([state.metas[n] for n in names],
                                                        [hg[n] for n in names], state.meta_opt)
-        bounds = self.settings.bounds
+        bounds, rates = self.settings.bounds, self.settings.rates
+        new = [t if rates.get(n) is None else state.metas[n] + rates[n] / self.meta_opt.lr * (t - state.metas[n])
+               for n, t in zip(names, new)]             # its own rate: the step (linear in the rate) rescaled
         state.metas = {n: _clamp(t, bounds.get(n)).detach().requires_grad_() for n, t in zip(names, new)}
 
 
@@ -284,13 +302,20 @@ class Trainer(Stages):
         methods = {e.stage: e.method for e in plan.estimators}
         settings = Settings(plan.train.warmup, plan.pretrain.steps, plan.train.meta_steps, plan.train.reset_every,
                             plan.finetune.unroll, plan.train.seed, plan.train.max_nonfinite, plan.hg_check_every,
-                            {m.name: m.bounds for m in plan.metas})
+                            {m.name: m.bounds for m in plan.metas},
+                            {m.name: m.rate for m in plan.metas if m.rate is not None})
         super().__init__(settings, prog, data,
                          (prog.loss(plan.pretrain.loss), prog.loss(plan.finetune.loss), prog.loss(plan.objective.expr)),
                          (pt_keys, ft_keys, shared),
                          tuple(optim.build(c) for c in (plan.pretrain.optimizer, plan.finetune.optimizer,
                                                         plan.meta_optimizer)),
                          (build("estimator", methods["pretrain"]), build("estimator", methods["finetune"])))
+        self.val_keys = prog.keys_of(dict.fromkeys(_applied(plan.objective.expr)))
+        if plan.auxiliary is not None:
+            prog.aux.data = data
+            self.aux_metas = auxiliary_metas(plan)
+            estimator = build("estimator", methods["auxiliary"])
+            self.aux_est = estimator if hasattr(estimator, "through_aux") else None   # bilevel: the others
 
     def encoder_modules(self) -> list[str]:
         return encoder_modules(self.plan)
@@ -306,6 +331,17 @@ def build(kind: str, component):
         if p.kind.startswith("call:") and args.get(p.name) is not None:
             args[p.name] = build(p.kind[5:], args[p.name])
     return comp.load()(**comp.runtime_args(args))
+
+
+def auxiliary_metas(plan) -> tuple[str, ...]:
+    """The meta-parameters an auxiliary block's weights (and end-task weight) depend on, through lets."""
+    from mptc.compiler import ir
+    from mptc.runtime.program import _inline, _nodes
+    lets = {let.name: let.expr for let in plan.lets}
+    found = set()
+    for e in (plan.auxiliary.weights, plan.auxiliary.end_task_weight):
+        found |= {n.name for n in _nodes(_inline(e, lets)) if isinstance(n, ir.MetaRef)}
+    return tuple(m.name for m in plan.metas if m.name in found)
 
 
 def encoder_modules(plan) -> list[str]:

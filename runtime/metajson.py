@@ -28,16 +28,17 @@ def task_names(info: dict, count: int) -> list[str]:
     return [f"task {i}" for i in range(count)]
 
 
-def meta_json(values: dict, tasks: list[str]) -> dict:
+def meta_json(values: dict, tasks: list[str], labels: dict | None = None) -> dict:
     """meta.json's content (module docstring) from the meta-parameters' final values (tensors by name) and
-    the PT data's task names."""
-    out = {}
+    the PT data's task names; `labels` names the values of some vectors outright (a factored meta's
+    objectives and stage choices)."""
+    out, labels = {}, labels or {}
     for name, value in values.items():
         value = value.detach().cpu()
         if value.dim() == 0:
             out[name] = value.item()
         elif value.dim() == 1:
-            names = tasks if len(tasks) == value.numel() else [str(i) for i in range(value.numel())]
+            names = labels.get(name) or (tasks if len(tasks) == value.numel() else [str(i) for i in range(value.numel())])
             out[name] = {"names": list(names), "values": value.tolist()}
         else:
             out[name] = value.tolist()

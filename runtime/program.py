@@ -60,10 +60,29 @@ class Program:
         self._sites, self._building = None, set()
         for name in self._decls:         # the plan's order (a probed module's inputs are built first)
             self._ensure(name)
+        self.factored = {m.name: self._factored_index(m) for m in plan.metas if m.kind == "factored"}
         self.lets: dict[str, Callable] = {}
         for let in plan.lets:
             self.lets[let.name] = self.compile(let.expr)
+        self.aux = None
+        if plan.auxiliary is not None:                  # AANG's objectives (runtime/aang.py)
+            from mptc.runtime.aang import Auxiliary
+            self.aux = Auxiliary(self, plan.auxiliary)
 
+    def _factored_index(self, meta) -> torch.Tensor:
+        """[stages + 1, objectives]: where each objective's W_all entry and its stage choices' weights sit in
+        the flat tensor of a factored meta (W_all first, then each stage's choices, lower.factored_choices)."""
+        from mptc.compiler.lower import factored_choices
+        objectives = next(s.objectives for s in self.plan.spaces if s.name == meta.space)
+        rows, offset = [list(range(len(objectives)))], len(objectives)
+        for i, choices in enumerate(factored_choices(objectives)):
+            rows.append([offset + choices.index(o.split(".")[i]) for o in objectives])
+            offset += len(choices)
+        return torch.tensor(rows, device=self.device)
+
+    def factored_logits(self, name: str, raw: torch.Tensor) -> torch.Tensor:
+        """A factored meta's logit per objective: W_all[k] + W_d[d_k] + W_t[t_k] + W_r[r_k] + W_o[o_k]."""
+        return raw[self.factored[name]].sum(0)
     def init_params(self) -> dict[str, torch.Tensor]:
         """The modules' initial parameters as fresh leaf tensors."""
         return _leaves(self.modules)
@@ -201,6 +220,19 @@ class Program:
                                          dtype=self.dtype).requires_grad_()
         return out
 
+    def value_names(self) -> dict:
+        """meta.json's names of the values `meta_values` gives a factored meta: its objectives, and each stage's
+        choices as `stage=choice`."""
+        from mptc.compiler.lower import factored_choices
+        out = {}
+        for m in self.plan.metas:
+            if m.kind == "factored":
+                space = next(s for s in self.plan.spaces if s.name == m.space)
+                objectives, stages = space.objectives, space.stages
+                out[m.name] = list(objectives)
+                out[f"{m.name}.stages"] = [f"{s}={c}" for s, cs in zip(stages, factored_choices(objectives)) for c in cs]
+        return out
+
     def reseed_noise(self, seed: int | None = None) -> None:
         """Restarts every augmentation's noise stream (from the run's seed by default)."""
         self.noise_seed = self.plan.train.seed if seed is None else seed
@@ -223,7 +255,12 @@ class Program:
         return (lambda c: c.x) if e.name == "x" else (lambda c: c.y)
 
     def _c_MetaRef(self, e):
+        if e.name in self.factored:                     # its expressions read the logits over the objectives
+            return lambda c: self.factored_logits(e.name, c.metas[e.name])
         return lambda c: c.metas[e.name]
+
+    def _c_AuxTerm(self, e):
+        return lambda c: self.aux.term(c)
 
     def _c_LetRef(self, e):
         return lambda c: self.lets[e.name](c)
@@ -300,9 +337,12 @@ class Program:
         """Raw meta-parameters and the `let` transforms that depend on them alone (e.g. task weights);
         a meta network's weights are left out (the checkpoint has them)."""
         nets = {full for keys in self.net_keys.values() for _, full in keys}
-        out = {name: t.detach() for name, t in metas.items() if name not in nets}
+        out = {name: t.detach() for name, t in metas.items() if name not in nets and name not in self.factored}
+        for name in self.factored:                      # the weights over the objectives, and per stage choice
+            out[name] = torch.softmax(self.factored_logits(name, metas[name]).detach(), 0)
+            out[f"{name}.stages"] = metas[name].detach()[self.factored[name].shape[1]:]
         ctx = Ctx({}, metas, None, None)
-        with torch.no_grad():
+        with torch.no_grad():  # (a factored meta's weights: softmax over the valid objectives)
             out.update({let.name: self.lets[let.name](ctx).detach() for let in self.plan.lets if let.meta_only})
         return out
 

@@ -168,7 +168,10 @@ def _learned(plan, meta: dict, start: dict) -> str:
     for name, (names, values) in vecs.items():
         if name not in lets and len(values) in lengths:   # the raw vector a `let` transforms: that `let` says it
             continue
-        lines += _vector(name, names, values, before.get(name, (None, None))[1])
+        factored = next((m for m in plan.metas if m.kind == "factored" and name in (m.name, f"{m.name}.stages")), None)
+        what = None if factored is None else ("one per objective of space " + factored.space
+                                              if name == factored.name else "one per stage choice (logits)")
+        lines += _vector(name, names, values, before.get(name, (None, None))[1], what)
     for name, value in meta.items():
         if isinstance(value, (int, float)):
             was = start.get(name)
@@ -178,16 +181,18 @@ def _learned(plan, meta: dict, start: dict) -> str:
     return "\n".join(["Learned meta-parameters", *lines]) if lines else ""
 
 
-def _vector(name: str, names: list[str], values: list[float], before) -> list[str]:
-    """A vector in brief: its mean (and at the start), then the highest and lowest values by name."""
+def _vector(name: str, names: list[str], values: list[float], before, what: str | None = None) -> list[str]:
+    """A vector in brief: its mean (and at the start), then the highest and lowest values by name; `what`
+    says what its values are (default: one per PT task, when they are named)."""
     tasks = not all(n == str(i) for i, n in enumerate(names))
+    what = what or ("one per PT task" if tasks else None)
     mean = sum(values) / len(values)
     was = ""
     if before:
         first = before[0]
         was = f" ({_num(first)} at the start)" if all(b == first for b in before) else \
             f" ({_num(sum(before) / len(before))} at the start)"
-    head = f"  {name}: {len(values)} values{', one per PT task' if tasks else ''}, mean {_num(mean)}{was}"
+    head = f"  {name}: {len(values)} values{', ' + what if what else ''}, mean {_num(mean)}{was}"
     order = sorted(range(len(values)), key=lambda i: -values[i])
     named = [f"{names[i]} {_num(values[i])}" for i in order]
     if len(values) <= 2 * SHOWN:

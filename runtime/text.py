@@ -46,7 +46,7 @@ __all__ = ["text_jsonl", "text_lines", "train_tokenizer", "load_tokenizer", "enc
 def text_jsonl(path: str = "", text: str = "text", label: str = "label", split_by=None, train: str = "",
                val: str = "", test: str = "", tokenizer: str = "wordpiece", tokenizer_path: str = "",
                vocab: int = 4000, max_length: int = 64, lowercase: bool = True, corpus: str = "",
-               seed: int = 0) -> Dataset:
+               labels=None, seed: int = 0) -> Dataset:
     """Labelled text from JSON lines (module docstring): split "all" (a spec's split clause splits it), the
     splits a `split_by` field names, or one file per split."""
     files = split_files({"path": path, "train": train, "val": val, "test": test, "split_by": split_by})
@@ -75,10 +75,18 @@ def text_jsonl(path: str = "", text: str = "text", label: str = "label", split_b
                               f"alone, more than vocab: {vocab}: raise vocab")
     index = {c: i for i, c in enumerate(classes)}
     splits = {}
-    for split, (texts, labels) in parts.items():
-        y = torch.zeros(len(labels), len(classes))
-        y[torch.arange(len(labels)), torch.tensor([index[c] for c in labels], dtype=torch.long)] = 1.0
+    for split, (texts, names) in parts.items():
+        y = torch.zeros(len(names), len(classes))
+        y[torch.arange(len(names)), torch.tensor([index[c] for c in names], dtype=torch.long)] = 1.0
         splits[split] = (encode(tok, texts, special, max_length), y)
+    if labels is not None:                       # a label budget: a random subset of the train split
+        if "train" not in splits:
+            raise DataProblem("labels keeps a subset of the train split, and there is none")
+        x, y = splits["train"]
+        if labels > len(x):
+            raise DataProblem(f"labels: {labels} exceeds the {len(x)} examples of the train split")
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:labels].sort().values
+        splits["train"] = (x[keep], y[keep])
     info = {"source": "text.jsonl", "files": {s: str(f) for s, f in files.items()}, "classes": classes,
             "task_names": [str(c) for c in classes], "text": text, "label": label,
             "tokenizer": tokenizer_path or tokenizer, **_tokenizer_info(tok, special, size, max_length)}

@@ -33,3 +33,32 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(before)
+
+
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures"
+_AANG = """
+spec aang_tiny "AANG on the docstrings sample"
+data task = text.jsonl(path: "SAMPLE", split_by: "split", vocab: 400, max_length: 24)
+model encoder = transformer(layers: 1, hidden: 16, heads: 2, dropout: 0.0)
+head task_head = linear(out: 5)
+head ft_head = linear(out: 5)
+space aux = data{end_task} x transform{bert_op, mask, replace, none}
+          x represent{bidirectional, left_to_right, right_to_left, random_factorized}
+          x output{denoise_token, end_task}
+meta aux_w: factored(aux) = 0.0
+meta end_w: scalar = 0.0 rate 0.05
+pretrain { data task.train batch 16  loss mean(ce(task_head(encoder(x)), y))  optimizer adam(lr: 1e-3)  steps 1 }
+auxiliary aux { sample 3 per step  weights softmax(aux_w)  end_task_weight 2 * sigmoid(end_w) }
+finetune { data task.train batch 16  loss mean(ce(ft_head(encoder(x)), y))  unroll 1 update ft_head }
+meta_objective mean(ce(ft_head(encoder(x)), y)) on task.val
+hypergradient auxiliary: alignment
+meta_optimizer adam(lr: 0.05)
+train meta_steps META_STEPS warmup 0 seed 0 device cpu
+evaluate finetune(epochs: 2, metric: top1, seeds: 1) against AGAINST
+"""
+
+
+def aang_spec(meta_steps: int = 3, against: str = "no_auxiliary") -> str:
+    """An AANG spec over the committed docstrings sample (24 objectives, a 1-layer transformer): seconds."""
+    return (_AANG.replace("SAMPLE", str(FIXTURES / "docstrings_sample.jsonl"))
+            .replace("META_STEPS", str(meta_steps)).replace("AGAINST", against))

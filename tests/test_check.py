@@ -99,26 +99,8 @@ def test_every_feature_at_once():
     assert [(l.name, l.meta_only) for l in plan.lets] == [("tw", True), ("feats", False), ("per_example", False)]
 
 
-AANG = """\
-space aux = task{mlm, cls} x rep{full, half} exclude task == mlm and rep != full
-meta a: factored(aux)
-auxiliary aux {
-  data pt
-  loss mean(mse(pt_head(encoder(x)), y))
-  sample 2 per step
-  weights a
-  end_task_weight 0.5
-}
-"""
-
-
-def test_aang_constructs_are_rejected_where_they_stand_until_implemented():
-    """Lowering is total: what a run would not execute is a located `unsupported` error, not ignored."""
-    errors = errors_of(BASE + AANG)
-    unsupported = [(e.span.line, e.span.col, e.message.split(":")[0]) for e in errors if isinstance(e, Unsupported)]
-    n = BASE.count("\n")
-    assert unsupported == [(n + 2, 9, "unsupported"), (n + 3, 1, "unsupported")]
-    plan = compile_spec(BASE + AANG.splitlines()[0], P)   # a space alone is lowered: its objectives
+def test_a_space_alone_is_lowered_with_its_objectives():
+    plan = compile_spec(BASE + "space aux = task{mlm, cls} x rep{full, half} exclude task == mlm and rep != full", P)
     assert [(s.name, s.objectives) for s in plan.spaces] == [("aux", ("mlm.full", "cls.full", "cls.half"))]
 
 
@@ -205,7 +187,7 @@ NEGATIVE = [
      [(MissingPart, 18, 1, 67, "evaluate fine-tunes on 'ft', which needs the splits train, val and test "
                                 "(missing: test)", None),
       (DuplicateName, 18, 34, 50, "'metric' is given twice", None),
-      (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: cotrain, cotrain_pcgrad, no_pretrain, pretrain, search)", None)]),
+      (UnknownComponent, 18, 60, 67, "unknown baseline 'nothing' (known: bert, bilevel, cotrain, cotrain_pcgrad, gpt, meta_tartan, no_auxiliary, no_pretrain, pretrain, search, static_multitask, tapt, xlnet)", None)]),
     (("data pt = synthetic.multitask(examples: 64, dim: 8, tasks: 4, related: 2)",
       "data pt = synthetic.multitask(examples: 64, tasks: 4, related: 2)"),
      [(BadArgument, 1, 11, 66, "synthetic.multitask needs 'dim'", None)]),
@@ -533,7 +515,7 @@ TOTAL = {  # AST class -> a change of BASE that uses it (None: BASE itself uses 
     "VectorType": (_SCALAR, "meta w: vector[1] = 0.0"),
     "NetworkType": ("let tw = 2 * sigmoid(w)", "meta n: network mlp(hidden: [2, 1])\n"
                     "let tw = 2 * sigmoid(w) * mean(n(x))"),
-    "FactoredType": "unsupported",
+    "FactoredType": ("aang", "meta aux_w: factored(aux) = 0.0", "meta aux_w: vector[24] = 0.0"),
     "MetaDecl": (_SCALAR, "meta w: vector[4] = 0.5 in [0, 1]"),
     "LetDecl": ("let tw = 2 * sigmoid(w)", "let tw = 2 * sigmoid(w)\nlet unused = 1"),
     "DataClause": ("data pt batch 16", "data pt batch 8"),
@@ -542,7 +524,9 @@ TOTAL = {  # AST class -> a change of BASE that uses it (None: BASE itself uses 
     "StepsClause": ("data pt batch 16", "data pt batch 16\n  steps 3"),
     "UnrollClause": ("unroll 1 update ft_head", "unroll 2 update ft_head"),
     "AugmentClause": ("data pt batch 16", "data pt batch 16\n  augment jitter(std: 0.1)"),
-    "SampleClause": "unsupported", "WeightsClause": "unsupported", "EndTaskWeightClause": "unsupported",
+    "SampleClause": ("aang", "sample 3 per step", "sample 2 per step"),
+    "WeightsClause": ("aang", "weights softmax(aux_w)", "weights exp(aux_w)"),
+    "EndTaskWeightClause": ("aang", "end_task_weight 2 * sigmoid(end_w)", "end_task_weight sigmoid(end_w)"),
     "Stage": None,
     "Factor": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nspace s = a{p, q}"),
     "Condition": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nspace s = a{p, q} exclude a == p"),
@@ -558,7 +542,6 @@ TOTAL = {  # AST class -> a change of BASE that uses it (None: BASE itself uses 
     "ImportDecl": ("head ft_head = linear(out: 2)", "head ft_head = linear(out: 2)\nimport json"),
     "Spec": None,
 }
-AANG_STAGE = AANG  # the `auxiliary` block (a Stage) with its sample/weights/end_task_weight clauses
 
 
 def test_every_ast_node_type_is_lowered_or_rejected():
@@ -568,11 +551,11 @@ def test_every_ast_node_type_is_lowered_or_rejected():
     from mptc.compiler import ast as A
     kinds = {n for n, v in vars(A).items() if isinstance(v, type) and _attrs.has(v) and v.__module__ == A.__name__}
     assert kinds == set(TOTAL)
-    base = _ir_text(BASE)
+    from tests.conftest import aang_spec
+    base, aang = _ir_text(BASE), _ir_text(aang_spec())
     for name, change in TOTAL.items():
-        if change == "unsupported":
-            errors = errors_of(BASE + AANG_STAGE)
-            assert any(isinstance(e, Unsupported) for e in errors), name
+        if change is not None and change[0] == "aang":   # the auxiliary block's parts, in a text spec
+            assert _ir_text(edit(*change[1:], text=aang_spec())) != aang, f"{name} is not lowered into the plan"
         elif change is not None:
             assert _ir_text(edit(*change)) != base, f"{name} is not lowered into the plan"
 

@@ -213,7 +213,7 @@ def test_a_value_without_a_literal_is_an_emit_error():
 REFUSED = {"ecg_simclr.mpt": "data 'ecg.synthetic'",
            "noisy_labels.mpt": "data 'images.digits'", "rotation.mpt": "data 'images.digits'",
            "ppi_full_access.mpt": "data 'graphs.synthetic'", "ppi_partial_access.mpt": "data 'graphs.synthetic'",
-           "own.mpt": "data 'arrays'"}
+           "own.mpt": "data 'arrays'", "aang_td.mpt": "data 'text.jsonl'", "aang_td_ed.mpt": "data 'text.jsonl'"}
 
 
 @pytest.mark.parametrize("spec", sorted(ROOT.glob("specs/**/*.mpt")), ids=lambda p: p.name)

@@ -331,13 +331,13 @@ def test_the_overridden_plan_runs(tmp_path):
 # item, error class, (col, end_col) in `--set ITEM`, message, hint
 BAD_OVERRIDES = [
     ("hypergradient.pretrian=unroll", UnknownName, (15, 23),
-     "unknown stage 'pretrian' (hypergradients pass through pretrain, finetune)", "pretrain"),
+     "unknown stage 'pretrian' (hypergradients pass through pretrain, finetune, auxiliary)", "pretrain"),
     ("hypergradient.finetune=ift", BadArgument, (24, 27), "'ift' does not apply to the finetune stage (use unroll)",
      None),
     ("hypergradient.pretrain=ift(cg(itres: 20))", BadArgument, (31, 40),
      "cg has no parameter 'itres' (it takes iters, damping, tol)", "iters"),
     ("hypergradient.pretrain=iftt", UnknownComponent, (24, 28),
-     "unknown estimator 'iftt' (known: ift, search, unroll)", "ift"),
+     "unknown estimator 'iftt' (known: alignment, bilevel, ift, search, unroll)", "ift"),
     ("hypergradient.pretrain=3", BadArgument, (24, 25),
      "--set hypergradient.pretrain=... takes a component, e.g. NAME(ARG: VALUE)", None),
     ("hypergradient.pretrain.hvp=autoo", BadArgument, (28, 33),
@@ -397,7 +397,7 @@ mptc: 1 error
 mptc: 1 error
 """,
     "hypergradient.pretrian=unroll": """\
---set hypergradient.pretrian=unroll:1:15: error: unknown stage 'pretrian' (hypergradients pass through pretrain, finetune)
+--set hypergradient.pretrian=unroll:1:15: error: unknown stage 'pretrian' (hypergradients pass through pretrain, finetune, auxiliary)
 1 | hypergradient.pretrian=unroll
   |               ^^^^^^^^
   = did you mean 'pretrain'?

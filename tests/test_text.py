@@ -76,7 +76,7 @@ finetune {{
 meta_objective mean(ce(ft_head(encoder(x)), y)) on ft.val
 meta_optimizer adam(lr: 0.1)
 train meta_steps 2 warmup 1 seed 0 device cpu
-evaluate finetune(epochs: 3, lr: 3e-3, metric: accuracy, seeds: 2) against no_pretrain
+evaluate finetune(epochs: 3, lr: 3e-3, metric: top1, seeds: 2) against no_pretrain
 {extra}"""
 DATA = 'text.jsonl(path: "reviews.jsonl", split_by: "split", vocab: 100, max_length: 12)'
 ENCODER = "transformer(layers: 1, hidden: 16, heads: 2)"
@@ -469,7 +469,7 @@ def test_a_whole_run_writes_the_tokenizer_beside_it(proj, capsys):
     tokenizer = json.loads((run / "tokenizer.json").read_text())
     assert tokenizer["model"]["type"] == "WordPiece" and tokenizer["model"]["vocab"]["[PAD]"] == 0
     evals = json.loads((run / "eval.json").read_text())
-    assert evals["meta"]["metric"] == "accuracy" and 0 <= evals["meta"]["mean"] <= 1
+    assert evals["meta"]["metric"] == "top1" and 0 <= evals["meta"]["mean"] <= 1
     meta = json.loads((run / "meta.json").read_text())
     assert meta["log_lambda"] != -4.0
     ir = json.loads((run / "ir.json").read_text())
