@@ -12,7 +12,7 @@ from mptc.errors import RunError
 from mptc.components.registry import DATASETS
 from mptc.runtime.program import torch_dtype
 
-_STREAMS = ("pretrain", "finetune", "objective")
+_STREAMS = ("pretrain", "finetune", "objective", "auxiliary")  # auxiliary: an auxiliary block's in-domain data
 
 
 def heldout_tasks(of, groups: int = 4, fold: int = 0):
@@ -91,6 +91,8 @@ class Data:
         self.tensors = {n: {s: tuple(_placed(t, device, self.dtype) for t in xy) for s, xy in ds.splits.items()}
                         for n, ds in self.sets.items()}
         self.refs = {"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data}
+        if plan.auxiliary is not None and plan.auxiliary.data is not None:
+            self.refs["auxiliary"] = plan.auxiliary.data
         self.reseed(plan.train.seed)
 
     def reseed(self, seed: int) -> None:

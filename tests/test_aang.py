@@ -327,3 +327,22 @@ def test_mptc_space_lists_the_default_rules(capsys):
     assert main(["space", str(spec / "aang_td_ed.mpt"), "--json"]) == 0
     (ed,) = json.loads(capsys.readouterr().out)["spaces"]
     assert len(ed["objectives"]) == 40 and [r["removed"] for r in ed["excludes"]] == [16, 8]
+
+
+def test_in_domain_objectives_read_the_auxiliary_data(tmp_path):
+    text = aang_spec(meta_steps=2).replace("data{end_task}", "data{end_task, in_domain}").replace(
+        "model encoder", f'data domain = text.lines(path: "{FIXTURES / "docstrings_domain.txt"}", of: task)\n'
+                         "model encoder").replace("auxiliary aux {", "auxiliary aux {  data domain batch 7")
+    tr = _trainer(text)
+    aux = tr.prog.aux
+    aux.only = ["in_domain.mask.left_to_right.denoise_token", "end_task.none.bidirectional.end_task"]
+    st = tr.init_state()
+    draw = aux.draw(Ctx(st.params, st.metas, *tr.data.batch("pretrain")))
+    ids, attention, batch = draw.groups["in_domain", "mask", "left_to_right"]
+    assert ids.shape[0] == 7 and batch.y is None                            # the domain batch, unlabelled
+    assert torch.equal(attention[0], torch.tril(torch.ones(24, 24)))
+    assert (ids[batch.selected] == 4).all()                                 # masked where selected
+    assert draw.groups["end_task", "none", "bidirectional"][2].y.shape == (16, 5)
+    spec = tmp_path / "ed.mpt"
+    spec.write_text(text)
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
