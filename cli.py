@@ -45,6 +45,27 @@ def _compile(args):
     return text, plan
 
 
+def _resumed(args):
+    """(source, plan, out, staging folder) of `mptc run --resume DIR`: the run's own copy of the spec compiled
+    with its overrides against the original path (relative data paths); a given SPEC or --set must match."""
+    from mptc.compiler.lower import compile_spec
+    from mptc.runtime.checkpoint import read_origin, spec_hash
+    from mptc.runtime.rundir import resumable
+    if args.out:
+        raise RunError("--resume continues in the interrupted run's own folder: drop --out")
+    out, staged = resumable(args.resume)
+    origin = read_origin(staged)
+    text = (staged / "spec.mpt").read_text()
+    if spec_hash(text, origin["overrides"]) != origin["sha256"]:
+        raise RunError(f"--resume: '{staged / 'spec.mpt'}' was changed since the run started")
+    if args.spec is not None or args.set:
+        given = read_spec(args.spec) if args.spec is not None else text
+        if spec_hash(given, args.set or origin["overrides"]) != origin["sha256"]:
+            raise RunError("--resume: this spec (or its --set overrides) differs from the interrupted run's; "
+                           "resume without a spec, or start a new run")
+    return text, compile_spec(text, origin["spec"], origin["overrides"]), out, staged
+
+
 def cmd_check(args) -> int:
     _compile(args)
     print(f"{args.spec}: ok")
@@ -62,9 +83,16 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
-    text, plan = _compile(args)
     from mptc.runtime.executor import run_plan
-    out = run_plan(plan, text, args.out, progress=not args.quiet)      # progress on stderr (runtime/progress.py)
+    if args.resume:
+        text, plan, out, staged = _resumed(args)
+        out = run_plan(plan, text, out, progress=not args.quiet, tensorboard=args.tensorboard, resume=staged)
+    else:
+        if args.spec is None:
+            raise RunError("mptc run needs a SPEC (or --resume DIR)")
+        text, plan = _compile(args)
+        out = run_plan(plan, text, args.out, progress=not args.quiet, tensorboard=args.tensorboard,
+                       origin=(args.spec, args.set or []))      # progress on stderr (runtime/progress.py)
     from mptc.runtime.summary import for_stream
     print(for_stream((out / "summary.txt").read_text(encoding="utf-8"), sys.stdout.encoding))  # even --quiet
     print(f"run directory: {out}", flush=True)
@@ -88,10 +116,16 @@ def compile_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_arguments(p: argparse.ArgumentParser) -> None:
-    check_arguments(p)
+    p.add_argument("spec", nargs="?", help="the spec (with --resume: optional, checked against the run's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue an interrupted run from its last checkpoint (train checkpoint_every N): its "
+                        "folder NAME or its staging folder .NAME.partial-PID")
     p.add_argument("--out", default=None, help="run directory (default runs/<spec name>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress (the summary is still printed)")
     p.add_argument("--report", action="store_true", help="also write DIR/report.html, as `mptc report DIR`")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write every metrics.jsonl field as TensorBoard scalars into DIR (needs tensorboard)")
     p.set_defaults(fn=cmd_run)
 
 

@@ -37,7 +37,9 @@ TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1, max=10 ** 8), Param("war
                        doc="meta-steps per cycle: then the PT model and FT head restart from new initial values "
                            "and warm up again (0: never)"),
                  Param("dtype", "choice", "float32", choices=("float32", "float64"),
-                       doc="the floating-point type of the modules, meta-parameters and data"))
+                       doc="the floating-point type of the modules, meta-parameters and data"),
+                 Param("checkpoint_every", "int", 0, min=0, max=10 ** 8,
+                       doc="meta-steps between checkpoints a killed run resumes from (mptc run --resume DIR; 0: none)"))
 # The optimizer of a stage (or of the meta-parameters) that names none: the registry's defaults with these
 # arguments (the published ones: Adam for PT, SGD 0.1 for the FT head, Adam lr 1 for task weights).
 DEFAULT_OPTIMIZER = {"pretrain": ("adam", {}), "finetune": ("sgd", {"lr": 0.1}), "meta": ("adam", {"lr": 1.0})}
@@ -819,9 +821,21 @@ class _Checker:
         from mptc.compiler.values import check_value
         for key, opt in seen.items():
             value = check_value(next(p for p in TRAIN_OPTIONS if p.name == key), opt.value, self.errors, {})
+            if key == "checkpoint_every" and value and self._drives():
+                self.err(BadArgument(opt.value.span, "checkpoint_every: the search estimator's trials are whole "
+                                     "runs, which are not checkpointed; drop it or use ift/unroll"))
             if key == "device" and value is not None and not _valid_device(value):
                 self.err(BadArgument(opt.value.span, f"device must be auto, cpu, cuda or cuda:N, got {value}",
                                      hint=_DEVICE_ALIASES.get(value) or did_you_mean(value, ["auto", "cpu", "cuda"])))
+
+    def _drives(self) -> bool:
+        """Whether the pretrain estimator drives the whole run (search) instead of the loop."""
+        hg = self.singles.get("hypergradient")
+        for entry in hg.entries if hg else ():
+            if entry.stage == "pretrain" and type(entry.estimator).__name__ in ("Ref", "Call"):
+                name = entry.estimator.dotted if hasattr(entry.estimator, "dotted") else entry.estimator.func.dotted
+                return name == "search"
+        return False
 
     def required(self):
         end = _end_span(self.spec)

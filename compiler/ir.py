@@ -264,6 +264,7 @@ class Train:
     max_nonfinite: int
     reset_every: int
     dtype: str  # of the modules, meta-parameters and data: float32 or float64
+    checkpoint_every: int = 0  # meta-steps between resumable checkpoints (runtime/checkpoint.py)
 
 
 @frozen

@@ -26,22 +26,27 @@ from mptc.runtime.progress import Progress
 from mptc.runtime.rundir import MetricsLog, default_out, staging, write_json
 
 
-def run_plan(plan: ir.Plan, source: str, out=None, progress: bool | Progress = True) -> Path:
+def run_plan(plan: ir.Plan, source: str, out=None, progress: bool | Progress = True, tensorboard=None,
+             origin: tuple | None = None, resume: Path | None = None) -> Path:
     """Runs a plan end to end and returns its run directory, whose summary.txt holds the summary that
     `mptc run` prints. `progress`: True for progress on stderr (a bar on a terminal, else lines), False for
     none, or a Progress of the caller's. A non-finite result (a meta-parameter, the final PT loss or
     parameters, an evaluation metric) is a RunError and leaves no run directory."""
     out = Path(out) if out else default_out(plan.name)
     report = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
-    with staging(out) as tmp:
-        (tmp / "spec.mpt").write_text(source)
-        write_json(tmp / "ir.json", ir.to_json(plan))
+    with staging(out, resume) as tmp:
+        if resume is None:
+            (tmp / "spec.mpt").write_text(source)
+            write_json(tmp / "ir.json", ir.to_json(plan))
+            from mptc.runtime.checkpoint import write_origin
+            spec_path, overrides = origin or (str(out / "spec.mpt"), ())
+            write_origin(tmp, spec_path, source, overrides)     # what --resume compiles again
         device = pick_device(plan.train.device)
         torch.manual_seed(plan.train.seed)
         trainer = Trainer(plan, Program(plan, device), Data(plan, device))
         trainer.progress = report                       # the protocols' phases report through it
         method = "search" if trainer.pt.drives else "meta"
-        state, train_s, last = train(trainer, tmp / "metrics.jsonl", report)
+        state, train_s, last = train(trainer, tmp, report, tensorboard, resuming=resume is not None)
         tasks = _task_names(trainer)
         meta = meta_json(_check_trained(state, trainer.prog, last), tasks, trainer.prog.value_names())
         write_json(tmp / "meta.json", meta)
@@ -59,6 +64,8 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool | Progress = T
         found = {**found, **headlines(trainer, state)}     # the paper's figures, where the data knows them
         if found:
             write_json(tmp / "eval.json", found)
+        for name in ("resume.pt", "resume.json"):          # finished: checkpoint.pt has the final state
+            (tmp / name).unlink(missing_ok=True)
         write_summary(tmp, out, trainer, method, found, meta, tasks, _times(method, train_s, found, eval_s))
     return out
 
@@ -90,16 +97,25 @@ def _task_names(trainer: Trainer) -> list[str]:
     return task_names(trainer.data.info(ref.dataset), y.shape[1] if y.dim() == 2 else 0)
 
 
-def train(trainer: Trainer, metrics: Path, progress: Progress) -> tuple[State | None, float, dict]:
+def train(trainer: Trainer, tmp: Path, progress: Progress, tensorboard=None,
+          resuming: bool = False) -> tuple[State | None, float, dict]:
     """(state, wall seconds, last metrics row): meta-training with metrics.jsonl and the progress (a bar,
     or a line every `log_every` meta-steps) as hooks, or the run of an estimator that drives it (`search`,
-    one row a trial)."""
+    one row a trial). With `train checkpoint_every N`, a checkpoint every N meta-steps; `resuming`
+    continues from the staging folder's last one (runtime/checkpoint.py)."""
+    from mptc.runtime import checkpoint
     plan, drives = trainer.plan, trainer.pt.drives
     total, unit = (trainer.pt.trials, "trial") if drives else (plan.train.meta_steps, "meta-step")
-    start = time.perf_counter()
+    start, every, metrics = time.perf_counter(), plan.train.checkpoint_every, tmp / "metrics.jsonl"
+    state = None if drives else trainer.init_state()
+    rows = checkpoint.load(tmp, trainer, state) if resuming and not drives else None
+    if rows is not None:
+        checkpoint.truncate_rows(metrics, rows)
+        progress.say(f"resuming after meta-step {state.meta_step} (PT step {state.step})")
     progress.say(f"meta-training: {total} {unit}s" + ("" if drives else
                  f" of {plan.pretrain.steps} PT steps each, after {plan.train.warmup} warm-up steps"))
-    with MetricsLog(metrics) as log, progress.steps(total, unit, 1 if drives else plan.train.log_every) as bar:
+    with MetricsLog(metrics, tensorboard, rows or 0) as log, \
+            progress.steps(total, unit, 1 if drives else plan.train.log_every) as bar:
         if drives:
             def on_trial(trial, score):
                 log.log(trial=trial, ft_val_loss=score)
@@ -110,8 +126,10 @@ def train(trainer: Trainer, metrics: Path, progress: Progress) -> tuple[State | 
                 due = m.meta_step % plan.train.log_every == 0 or m.meta_step in (1, plan.train.meta_steps)
                 if due or m.skipped:                    # a skipped meta-step is always logged
                     log.log(**metrics_row(m, state))
+                if every and m.meta_step % every == 0 and m.meta_step < plan.train.meta_steps:
+                    checkpoint.save(tmp, trainer, state, log.rows)
                 bar(m.meta_step, m.pt_loss, m.ft_val_loss)
-            state = meta_train(trainer, trainer.init_state(), hook)
+            state = meta_train(trainer, state, hook)
     elapsed = time.perf_counter() - start
     progress.say(f"meta-training: done in {elapsed:.1f} s")
     return state, elapsed, log.last

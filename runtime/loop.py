@@ -40,6 +40,7 @@ class State:
     meta_step: int = 0
     cycle: int = 0
     nonfinite: int = 0
+    step: int = 0      # PT steps taken (a resumed run's loop skips these: runtime/checkpoint.py)
 
 
 @attrs.frozen
@@ -248,7 +249,11 @@ def meta_train(trainer: Stages, state: State, hook: Hook | None = None, mode: st
     K, check_every, max_nonfinite = run.K, run.check_every, run.max_nonfinite
     steps = schedule(run.warmup, run.P, run.meta_steps, run.reset_every if meta else 0)
     t0, t_pt, pt_losses = time.perf_counter(), 0.0, []
+    done = state.step                                   # > 0: resumed from a checkpoint after that many
     for step, (reset, opens, meta_step) in enumerate(steps, 1):
+        if step <= done:
+            continue
+        state.step = step
         # ---- PT step (meta-parameters fixed) ---------------------------------------------------
         ts = time.perf_counter()
         if reset:

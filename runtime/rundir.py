@@ -31,6 +31,7 @@ from pathlib import Path
 from mptc.errors import RunError
 
 MARKER = "RUNNING"
+RESUMABLE = "resume.pt"  # a staging folder holding it is a checkpointed run (runtime/checkpoint.py), never removed
 _STAGING = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)")
 
 
@@ -79,6 +80,10 @@ def _stale(parent: Path, entry: str) -> tuple[Path, int] | None:
     """(staging folder, pid) when `entry` is a staging folder left by a run no longer alive here."""
     m = _STAGING.fullmatch(entry)
     if not m or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+        return None
+    if (parent / entry / RESUMABLE).exists():          # an interrupted run with a checkpoint: kept
+        print(f"mptc: '{parent / entry}' is an interrupted run; continue it with "
+              f"mptc run --resume '{parent / entry}'", file=sys.stderr)
         return None
     claim = _claim_of(parent / m["name"])
     if claim and claim.get("host") not in (None, socket.gethostname()):  # a run on another machine
@@ -136,11 +141,61 @@ def _release(out: Path, tmp: Path) -> None:
         out.rmdir()                                     # only when empty: never a user's files
 
 
+def resumable(path: Path) -> tuple[Path, Path]:
+    """(out, staging folder) of an interrupted run, given either: its staging folder `.NAME.partial-PID`
+    or `NAME` holding its RUNNING marker. A RunError when it is finished, alive or not a run."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"--resume '{path}': no such folder")
+    m = _STAGING.fullmatch(path.name)
+    if m:
+        out, tmp = path.parent / m["name"], path
+    else:
+        claim = _claim_of(path)
+        if claim is None:
+            what = "a finished run" if (path / "meta.json").exists() else "not a run directory"
+            raise RunError(f"--resume '{path}': it is {what}, not an interrupted one")
+        out, tmp = path, path.parent / str(claim.get("staging"))
+    m = _STAGING.fullmatch(tmp.name)
+    if not m or not tmp.is_dir() or not (tmp / "resume.json").exists():
+        raise RunError(f"--resume '{path}': its staging folder '{tmp.name}' is gone or holds no resume.json")
+    if int(m["pid"]) != os.getpid() and _alive(int(m["pid"])):
+        raise RunError(f"--resume '{path}': run {m['pid']} is still writing it")
+    return out, tmp
+
+
+def _adopt(out: Path, old: Path, tmp: Path) -> None:
+    """A resumed run takes over an interrupted run's staging folder and claim."""
+    try:
+        if old != tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.replace(old, tmp)
+        out.mkdir(exist_ok=True)
+        (out / MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                              "staging": tmp.name}) + "\n")
+    except OSError as e:
+        raise _fail("take over the interrupted run", old, e) from None
+
+
+def _interrupted(out: Path, tmp: Path) -> None:
+    """Keeps a checkpointed run's staging folder; its claim says it was interrupted (module docstring)."""
+    with contextlib.suppress(OSError):
+        (out / MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                              "staging": tmp.name, "interrupted": True}) + "\n")
+    print(f"mptc: the run is incomplete; continue it with mptc run --resume '{out}'", file=sys.stderr)
+
+
 @contextlib.contextmanager
-def staging(out: Path):
+def staging(out: Path, resume: Path | None = None):
     """Claims `out` and yields a staging folder beside it; renames it onto `out` on success, removes both
-    on any failure (module docstring)."""
+    on any failure (module docstring) -- but keeps them, marked interrupted, once the run has written a
+    checkpoint. `resume`: an interrupted run's staging folder (`resumable`) to continue in."""
     out = Path(out)
+    if resume is not None:
+        tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+        _adopt(out, Path(resume), tmp)
+        yield from _staged(out, tmp)
+        return
     clean_stale(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,10 +218,17 @@ def staging(out: Path):
     except BaseException:                         # Ctrl-C between the claim and the run: nothing left
         _release(out, tmp)
         raise
+    yield from _staged(out, tmp)
+
+
+def _staged(out: Path, tmp: Path):
     try:
         yield tmp
     except BaseException:
-        _release(out, tmp)
+        if (tmp / RESUMABLE).exists():
+            _interrupted(out, tmp)
+        else:
+            _release(out, tmp)
         raise
     try:
         (out / MARKER).unlink()
@@ -218,21 +280,44 @@ def finite_or_none(row: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
+def _board(folder):
+    """A TensorBoard SummaryWriter on `folder` (the optional `tensorboard` package; a RunError without it)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                       "(or pip install 'mptc[tensorboard]')") from None
+    return SummaryWriter(log_dir=str(folder))
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per logged step, flushed as it goes; a non-finite value is `null`.
-    `last` is the last row as logged (non-finite values kept), for the end-of-run checks."""
+    `last` is the last row as logged (non-finite values kept), for the end-of-run checks. With
+    `tensorboard` (a folder; `mptc run --tensorboard DIR`) every numeric field of every row (the scalar
+    meta-parameters are the `meta.NAME` fields) is also a TensorBoard scalar at the row's meta-step (or
+    trial); metrics.jsonl is the same either way."""
 
-    def __init__(self, path: Path):
-        self.file = open(path, "w")
+    def __init__(self, path: Path, tensorboard: str | Path | None = None, rows: int = 0):
+        self.file = open(path, "a" if rows else "w")    # rows: a resumed run's, kept (runtime/checkpoint.py)
         self.last: dict = {}
+        self.rows = rows
+        self.board = _board(tensorboard) if tensorboard else None
 
     def log(self, **row) -> None:
-        self.last = row
+        self.last, self.rows = row, self.rows + 1
         self.file.write(json.dumps(finite_or_none(row), allow_nan=False) + "\n")
         self.file.flush()
+        if self.board is not None:
+            step = row.get("meta_step", row.get("trial", 0))
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("meta_step", "trial"):
+                    self.board.add_scalar(key, value, step)
+            self.board.flush()
 
     def close(self) -> None:
         self.file.close()
+        if self.board is not None:
+            self.board.close()
 
     def __enter__(self) -> "MetricsLog":
         return self
