@@ -324,6 +324,7 @@ def _check_plan(plan: ir.Plan) -> None:
     for e in plan.estimators:
         _require(e.method.name in SUPPORTED_ESTIMATORS, f"{e.stage} estimator '{e.method.name}'")
     _require(plan.train.dtype == "float32", f"train dtype {plan.train.dtype}")
+    _require(plan.train.precision == "fp32", f"train precision {plan.train.precision}")
 
 
 def _built(kind: str, comp: ir.Component, emb: "Embedder") -> Code:

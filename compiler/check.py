@@ -38,6 +38,9 @@ TRAIN_OPTIONS = (Param("meta_steps", "int", 100, min=1, max=10 ** 8), Param("war
                            "and warm up again (0: never)"),
                  Param("dtype", "choice", "float32", choices=("float32", "float64"),
                        doc="the floating-point type of the modules, meta-parameters and data"),
+                 Param("precision", "choice", "fp32", choices=("fp32", "bf16"),
+                       doc="bf16: every loss's forward pass under autocast to bfloat16 (parameters, gradients, the "
+                           "solver's vectors and the meta-parameters stay float32)"),
                  Param("checkpoint_every", "int", 0, min=0, max=10 ** 8,
                        doc="meta-steps between checkpoints a killed run resumes from (mptc run --resume DIR; 0: none)"))
 # The optimizer of a stage (or of the meta-parameters) that names none: the registry's defaults with these
@@ -821,6 +824,10 @@ class _Checker:
         from mptc.compiler.values import check_value
         for key, opt in seen.items():
             value = check_value(next(p for p in TRAIN_OPTIONS if p.name == key), opt.value, self.errors, {})
+            if key == "precision" and value == "bf16" and "dtype" in seen and \
+                    check_value(next(p for p in TRAIN_OPTIONS if p.name == "dtype"), seen["dtype"].value, [], {}) == "float64":
+                self.err(BadArgument(opt.value.span, "precision bf16 autocasts float32 modules: it does not go "
+                                     "with dtype float64"))
             if key == "checkpoint_every" and value and self._drives():
                 self.err(BadArgument(opt.value.span, "checkpoint_every: the search estimator's trials are whole "
                                      "runs, which are not checkpointed; drop it or use ift/unroll"))

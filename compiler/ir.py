@@ -265,6 +265,7 @@ class Train:
     reset_every: int
     dtype: str  # of the modules, meta-parameters and data: float32 or float64
     checkpoint_every: int = 0  # meta-steps between resumable checkpoints (runtime/checkpoint.py)
+    precision: str = "fp32"    # bf16: losses' forward passes under autocast (runtime/loop.py Trainer)
 
 
 @frozen

@@ -309,8 +309,10 @@ class Trainer(Stages):
                             plan.finetune.unroll, plan.train.seed, plan.train.max_nonfinite, plan.hg_check_every,
                             {m.name: m.bounds for m in plan.metas},
                             {m.name: m.rate for m in plan.metas if m.rate is not None})
-        super().__init__(settings, prog, data,
-                         (prog.loss(plan.pretrain.loss), prog.loss(plan.finetune.loss), prog.loss(plan.objective.expr)),
+        losses = (prog.loss(plan.pretrain.loss), prog.loss(plan.finetune.loss), prog.loss(plan.objective.expr))
+        if plan.train.precision == "bf16":
+            losses = tuple(autocast(f, prog.device) for f in losses)
+        super().__init__(settings, prog, data, losses,
                          (pt_keys, ft_keys, shared),
                          tuple(optim.build(c) for c in (plan.pretrain.optimizer, plan.finetune.optimizer,
                                                         plan.meta_optimizer)),
@@ -336,6 +338,17 @@ def build(kind: str, component):
         if p.kind.startswith("call:") and args.get(p.name) is not None:
             args[p.name] = build(p.kind[5:], args[p.name])
     return comp.load()(**comp.runtime_args(args))
+
+
+def autocast(loss, device):
+    """`train precision bf16`: the loss's forward pass under torch.autocast to bfloat16 (CUDA or CPU); its
+    value comes back in float32, so gradients, Hessian-vector products, the solver's vectors and the
+    meta-parameters stay float32 while the matrix products run in bfloat16."""
+    def loss_bf16(params, metas, x, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = loss(params, metas, x, y)
+        return out.float()
+    return loss_bf16
 
 
 def auxiliary_metas(plan) -> tuple[str, ...]:

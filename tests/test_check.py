@@ -323,7 +323,7 @@ def test_later_overrides_win_and_the_spec_text_is_untouched():
 BAD_OVERRIDES = [
     # item, class, (col, end_col) in `--set ITEM`, message, hint
     ("train.sede=3", BadArgument, (7, 11),
-     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, reset_every, dtype, checkpoint_every)", "seed"),
+     "unknown train option 'sede' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, reset_every, dtype, precision, checkpoint_every)", "seed"),
     ("train.seed=x", BadArgument, (12, 13), "'seed' must be an integer, got a name", None),
     ("train.seed=1.5", BadArgument, (12, 15), "'seed' must be an integer, got 1.5", None),
     ('train.seed="3"', BadArgument, (12, 15), "'seed' must be an integer, got '3'", None),
@@ -331,7 +331,7 @@ BAD_OVERRIDES = [
     ("train.reset_every=-1", OutOfRange, (19, 21), "'reset_every' must be >= 0, got -1", None),
     ("train.reset_evry=4", BadArgument, (7, 17),
      "unknown train option 'reset_evry' (known: meta_steps, warmup, seed, device, log_every, max_nonfinite, "
-     "reset_every, dtype, checkpoint_every)", "reset_every"),
+     "reset_every, dtype, precision, checkpoint_every)", "reset_every"),
     ("train.device=gpu", BadArgument, (14, 17), "device must be auto, cpu, cuda or cuda:N, got gpu", "cuda"),
     ("trian.seed=1", UnknownName, (1, 11),
      "unknown override root 'trian' (known: data, model, head, train, meta_optimizer, evaluate, pretrain, finetune, "
