@@ -323,6 +323,8 @@ def _check_plan(plan: ir.Plan) -> None:
     _require(plan.auxiliary is None, "auxiliary objectives")
     for e in plan.estimators:
         _require(e.method.name in SUPPORTED_ESTIMATORS, f"{e.stage} estimator '{e.method.name}'")
+        solver = e.method.args.get("solver")
+        _require(getattr(solver, "name", None) != "amortized", "the amortized solver")
     _require(plan.train.dtype == "float32", f"train dtype {plan.train.dtype}")
     _require(plan.train.precision == "fp32", f"train precision {plan.train.precision}")
 

@@ -428,6 +428,15 @@ SOLVERS.register("neumann", [
 SOLVERS.register("cg", [Param("iters", "int", 20, min=1), Param("damping", "float", 0.0, min=0),
                         Param("tol", "float", 1e-10, min=0)],
                  target="mptc.runtime.solvers:CG", doc="Conjugate gradient on (H + damping I) p = v.")
+SOLVERS.register("amortized", [
+    Param("iters", "int", 2, min=1, max=10 ** 4, doc="Hessian-vector products per meta-step"),
+    Param("method", "choice", "cg", choices=("cg", "richardson"),
+          doc="cg: conjugate gradient from the warm start; richardson: p <- p - alpha (H p - v)"),
+    Param("damping", "float", 0.0, min=0, doc="cg on (H + damping I) p = v"),
+    Param("scale", "float", None, min=0, min_exclusive=True, doc="richardson's alpha (default: the PT learning rate)"),
+], target="mptc.runtime.solvers:Amortized",
+    doc="Amortized implicit differentiation: each solve warm-started from the previous meta-step's p, a few "
+        "products each (Arbel & Mairal 2022).")
 SOLVERS.register("identity", [], target="mptc.runtime.solvers:Identity",
                  doc="H^-1 ~ I: the first-order (T1-T2 / DARTS) form.")
 HVP_MODES = ("reverse-over-reverse", "forward-over-reverse", "finite-difference", "auto")

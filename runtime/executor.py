@@ -142,6 +142,8 @@ def metrics_row(m: MetaStep, state: State) -> dict:
            "hypergrad_norm": m.hypergrad_norm, "solver_iters": m.info["iters"],
            "solver_residual": m.info["residual"], "skipped": m.skipped, "elapsed_s": m.elapsed_s, "pt_s": m.pt_s,
            **_timings(m.info), **_scalars(state)}
+    if "check_p_cosine" in m.info:
+        row["check_p_cosine"] = m.info["check_p_cosine"]
     return row if m.check_cosine is None else {**row, "check_cosine": m.check_cosine}
 
 

@@ -275,9 +275,15 @@ def meta_train(trainer: Stages, state: State, hook: Hook | None = None, mode: st
         # ---- FT unroll + meta-objective + hypergradient through the PT stage ---------------------
         state.meta_step = meta_step
         ft_batches = [data.batch("finetune") for _ in range(K)]
+        checking = bool(check_every) and meta_step % check_every == 0
+        if checking:
+            state.est["_check_p"] = True                # an amortized solver compares its p (runtime/solvers.py)
         l_val, hg, info = trainer.hypergradient(state, pt_batch, ft_batches, data.batch("objective"))
         norm = _hg_norm(hg)
-        cosine = trainer.check(state, hg) if check_every and meta_step % check_every == 0 else None
+        cosine = trainer.check(state, hg) if checking else None
+        state.est.pop("_check_p", None)
+        if "_p_cosine" in state.est:                    # an amortized solve's p against a converged one
+            info = {**info, "check_p_cosine": state.est.pop("_p_cosine")}
         # ---- meta-step (skipped on a non-finite hypergradient) ---------------------------------
         skipped = not math.isfinite(norm) or not math.isfinite(float(l_val))
         state.nonfinite = state.nonfinite + 1 if skipped else 0

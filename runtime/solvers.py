@@ -43,14 +43,19 @@ def neumann(matvec, v, terms: int = 1, scale: float = 1e-3):
     return [scale * pi for pi in p], {"iters": terms, "residual": float(_norm(c)) / vnorm if vnorm else 0.0}
 
 
-def cg(matvec, v, iters: int = 20, damping: float = 0.0, tol: float = 1e-10):
-    """Conjugate gradient on (H + damping I) p = v, from p = 0; stops on ||r|| <= tol ||v||.
+def cg(matvec, v, iters: int = 20, damping: float = 0.0, tol: float = 1e-10, x0=None):
+    """Conjugate gradient on (H + damping I) p = v, from p = x0 (default 0); stops on ||r|| <= tol ||v||.
 
     Stops early (keeping the last iterate) on non-positive curvature d^T (H + damping I) d <= 0."""
     def op(d):
         return [h + damping * di for h, di in zip(matvec(d), d)] if damping else matvec(d)
-    p = [torch.zeros_like(t) for t in v]
-    r, d = list(v), list(v)
+    if x0 is None:
+        p = [torch.zeros_like(t) for t in v]
+        r = list(v)
+    else:                                                # warm start: r = v - (H + damping I) x0
+        p = list(x0)
+        r = [vi - ai for vi, ai in zip(v, op(p))]
+    d = list(r)
     rr, vnorm = _dot(r, r), _norm(v)
     k = 0
     for k in range(1, iters + 1):
@@ -69,6 +74,15 @@ def cg(matvec, v, iters: int = 20, damping: float = 0.0, tol: float = 1e-10):
         d = [ri + (rr_new / rr) * di for ri, di in zip(r, d)]
         rr = rr_new
     return p, {"iters": k, "residual": float(rr.sqrt() / vnorm) if vnorm > 0 else 0.0}
+
+
+def richardson(matvec, v, iters: int = 1, scale: float = 1e-3, x0=None):
+    """The fixed-point iteration p <- p - alpha (H p - v) from x0 (default 0): with x0 = 0 and J steps it is
+    the Neumann series of J - 1 terms. Converges when 0 < alpha lambda_max(H) < 2 (H positive definite)."""
+    p = [torch.zeros_like(t) for t in v] if x0 is None else list(x0)
+    for _ in range(iters):
+        p = [pi - scale * (hi - vi) for pi, hi, vi in zip(p, matvec(p), v)]
+    return p, {"iters": iters, "residual": None}                # (no extra product for the residual)
 
 
 def identity(matvec, v):
@@ -106,6 +120,37 @@ class CG:
 
     def bind(self, lr: float, est: dict, meta_step: int):
         return cg, dict(self.args), None
+
+
+class Amortized:
+    """SOLVERS "amortized": amortized implicit differentiation (Arbel & Mairal 2022). Each meta-step's solve
+    starts from the previous meta-step's p (kept in the estimator's state, and in checkpoints) instead of
+    zero, and runs only `iters` Hessian-vector products of `method` (cg: conjugate gradient with
+    `damping`; richardson: p <- p - alpha (H p - v), alpha = `scale` or the PT learning rate): theta moves
+    little between meta-steps, so the warm start carries the solve across them. The first meta-step
+    starts from 0. `check every` reports the cosine of its p to CG run to convergence at the same state
+    (`check_p_cosine` in metrics.jsonl)."""
+
+    def __init__(self, iters: int = 2, method: str = "cg", damping: float = 0.0, scale=None):
+        self.iters, self.method, self.damping, self.scale = iters, method, damping, scale
+
+    def bind(self, lr: float, est: dict, meta_step: int):
+        def solve(matvec, v):
+            x0 = est.get("amortized_p")
+            if x0 is not None and [t.shape for t in x0] != [t.shape for t in v]:
+                x0 = None
+            if self.method == "cg":
+                p, info = cg(matvec, v, iters=self.iters, damping=self.damping, tol=0.0, x0=x0)
+            else:
+                p, info = richardson(matvec, v, iters=self.iters, scale=lr if self.scale is None else self.scale,
+                                     x0=x0)
+            est["amortized_p"] = [t.detach() for t in p]
+            if est.pop("_check_p", False):              # `check every`: p against CG to convergence, here,
+                exact, _ = cg(matvec, v, iters=500, damping=self.damping, tol=1e-10)   # while H's graph lives
+                a, b = (torch.cat([t.flatten() for t in q]).double() for q in (p, exact))
+                est["_p_cosine"] = float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+            return p, info
+        return solve, {}, None
 
 
 class Identity:
