@@ -348,7 +348,12 @@ class _Checker:
             named.add(ident.name)
 
     def _auxiliary_values(self, stage, found):
-        """An `auxiliary SPACE { ... }` block: a space over AANG's primitives, its weights, the sample size."""
+        """An `auxiliary SPACE { ... }` block: a space over AANG's primitives, its weights, the sample size.
+        A spec has at most one (the PT stage trains one set of auxiliary objectives)."""
+        first = next(f["_node"] for f in self.stages.values() if isinstance(f, dict) and f["_node"].kind == "auxiliary")
+        if first is not stage:
+            self.err(DuplicateName(key_span(stage.span, "auxiliary"), "a second auxiliary block: a spec has one "
+                                   "(put every objective in its space)", note=f"the first is on line {first.span.line}"))
         spaces = self.of(ast.SpaceDecl)
         if stage.name not in spaces:
             at = Span(stage.span.path, stage.span.line, stage.span.col + len("auxiliary "), stage.span.line,

@@ -245,9 +245,20 @@ class Auxiliary:
         for d, t, r, o in draw.sampled:
             ids, attention, batch = draw.groups[d, t, r]
             if (d, t, r) not in states:
-                states[d, t, r] = functional_call(encoder, enc_params, (ids,), {"attention": attention, "tokens": True})
+                states[d, t, r] = self._encode(encoder, enc_params, ids, attention)
             out.append(self.prims["output"][o].loss(self._head(c, o), states[d, t, r], batch))
         return [".".join(o) for o in draw.sampled], torch.stack(out)
+
+    def _encode(self, encoder, params, ids, attention):
+        """The encoder's token states under an attention mask: its `forward(x, attention=, tokens=True)`
+        (docs/text.md); an encoder without that contract is a named error."""
+        import inspect
+        accepted = inspect.signature(encoder.forward).parameters
+        if not {"attention", "tokens"} <= set(accepted):
+            raise RunError(f"auxiliary {self.plan.space}: encoder '{self.plan.encoder}' ({type(encoder).__name__}) "
+                           f"has no forward(x, attention=None, tokens=False): AANG's representations are attention "
+                           f"masks over its token states (docs/aang.md; transformer and hf have it)")
+        return functional_call(encoder, params, (ids,), {"attention": attention, "tokens": True})
 
     def _head(self, c, output: str):
         name = self.heads[output]

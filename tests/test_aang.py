@@ -346,3 +346,40 @@ def test_in_domain_objectives_read_the_auxiliary_data(tmp_path):
     spec = tmp_path / "ed.mpt"
     spec.write_text(text)
     assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_a_second_auxiliary_block_is_a_located_error():
+    text = aang_spec().replace("hypergradient auxiliary", "space aux2 = data{end_task} x transform{mask} x "
+                               "represent{bidirectional} x output{denoise_token}\nmeta w2: factored(aux2)\n"
+                               "auxiliary aux2 { weights softmax(w2) }\nhypergradient auxiliary")
+    assert any("a second auxiliary block" in m for _, m, _ in _errors(text))
+
+
+BAG_OF_TOKENS = '''
+import torch
+from mptc.components.registry import MODELS, Param
+
+
+def bag(width, in_dim):
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.EmbeddingBag(in_dim.vocab, width)
+
+        def forward(self, x):
+            return self.emb(x.long())
+    return Bag()
+
+
+MODELS.register("bag", [Param("width", "int", 8)], target=bag, shape=lambda a, s: ("B", a["width"]))
+'''
+
+
+def test_an_encoder_without_the_attention_contract_is_a_named_error(tmp_path, capsys):
+    (tmp_path / "bag.py").write_text(BAG_OF_TOKENS)
+    spec = tmp_path / "bag.mpt"
+    spec.write_text('import "bag.py"\n' + aang_spec(meta_steps=2).replace(
+        "transformer(layers: 1, hidden: 16, heads: 2, dropout: 0.0)", "bag(width: 16)"))
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no forward(x, attention=None, tokens=False)" in err and "Traceback" not in err
