@@ -15,6 +15,13 @@ the executor's `Trainer` on the benchmark's own data, initial weights and batch 
 * quality of the fused schedule: FT-val loss after `--long` meta-steps, fused vs the same estimator.
 
     .venv/bin/python benchmarks/meta_step.py --widths 256 1024
+    .venv/bin/python benchmarks/meta_step.py --json [--quick]    # the contract: one JSON object, last line
+
+`--json` adds the variants `hessian_batch: 64` and the amortized solver (`amortized(iters: 1, method:
+richardson)` with `fused`), each one's FT-val gap after `--long` meta-steps, the amortized hypergradient's
+cosine to the unamortized one at the same states, the IFT peak RSS at P = 100 over P = 10 (separate
+processes) and the meta-step time with 10^6 over 10^2 meta-parameters, and prints them as one JSON object
+(`--quick`: width 256 only, fewer steps, within a minute).
 """
 from __future__ import annotations
 
@@ -35,13 +42,13 @@ data ft = synthetic.multitask_ft(of: pt, examples: 8, tasks: 10) split train 0.5
 model encoder = mlp(hidden: [{h}, {h}])
 head pt_head = linear(out: 500)
 head ft_head = linear(out: 10)
-meta w: vector[500] = 0.0
-let task_weight = 2 * sigmoid(w)
+meta w: vector[{n_phi}] = 0.0
+let task_weight = {weight}
 pretrain {{
   data pt batch 256
   loss mean(task_weight * bce(pt_head(encoder(x)), y))
   optimizer adam(lr: 1e-3)
-  steps 10
+  steps {P}
 }}
 finetune {{
   data ft.train batch 256
@@ -50,21 +57,40 @@ finetune {{
   unroll 1 update ft_head
 }}
 meta_objective mean(bce(ft_head(encoder(x)), y)) on ft.val
-hypergradient pretrain: ift(neumann(terms: 5, scale: 1e-2){fused}), finetune: unroll
+hypergradient pretrain: ift({ift}), finetune: unroll
 meta_optimizer adam(lr: 1e-2)
 train meta_steps 1 seed 0 device cpu
 """
 
 
 FUSED = ", fused: true"  # the ift options of the fused variant (--fused-options)
+NEUMANN = "neumann(terms: 5, scale: 1e-2)"
+VARIANTS = {"plain": "", "fused": None, "hessian_batch_64": ", hessian_batch: 64",
+            "amortized": "AMORTIZED"}             # ift(...) options after the solver (None: FUSED)
+AMORTIZED = "amortized(iters: 1, method: richardson, scale: 1e-2), fused: true"
 
 
-def trainer_for(width: int, fused: bool):
-    """A Trainer over the spec at `width` (its data unused: batches come from the benchmark)."""
+def ift_options(variant) -> str:
+    """The ift(...) arguments of a variant (True/False: the fused and plain ones, as before)."""
+    if variant is True or variant == "fused":
+        return NEUMANN + FUSED
+    if variant is False or variant == "plain":
+        return NEUMANN
+    return AMORTIZED if variant == "amortized" else NEUMANN + VARIANTS[variant]
+
+
+def spec_text(width: int, variant, P: int = 10, n_phi: int = 500) -> str:
+    weight = "2 * sigmoid(w)" if n_phi == 500 else "mean(2 * sigmoid(w))"   # n_phi != 500: one shared weight
+    return SPEC.format(h=width, ift=ift_options(variant), P=P, n_phi=n_phi, weight=weight)
+
+
+def trainer_for(width: int, fused, P: int = 10, n_phi: int = 500):
+    """A Trainer over the spec at `width` (its data unused: batches come from the benchmark); `fused`: a
+    variant's name, or True/False for the fused/plain estimator."""
     from mptc.compiler.lower import compile_spec
     from mptc.runtime.loop import Trainer
     from mptc.runtime.program import Program
-    plan = compile_spec(SPEC.format(h=width, fused=FUSED if fused else ""), "bench.mpt")
+    plan = compile_spec(spec_text(width, fused, P, n_phi), "bench.mpt")
     prog = Program(plan, torch.device("cpu"))
     return Trainer(plan, prog, data=None)
 
@@ -97,9 +123,10 @@ def make_mptc(fused: bool):
         state = load_state(trainer, S)
 
         def meta_step(m):
+            keeps = trainer.pt.keeps_last_step
             for p in range(common.P_STEPS):
                 batch = S.pt_batch(m, p)
-                trainer.pt_step(state, batch, keep=fused and p == common.P_STEPS - 1)
+                trainer.pt_step(state, batch, keep=keeps and p == common.P_STEPS - 1)
             S.t_pt_end = __import__("time").perf_counter()
             reset_ft(state, S)
             xt, yt, xv, yv = S.ft_batches(m)
@@ -157,6 +184,122 @@ def long_run(width: int, steps: int, fused: bool) -> float:
     return float(l_val)
 
 
+def amortized_cosine(width: int, steps: int) -> float:
+    """Mean cosine, over `steps` meta-steps of the amortized run, of its hypergradient to the unamortized
+    estimator's (Neumann J = 5, not fused) at the same state and batches."""
+    import common
+    S = common.Setup(width)
+    make = make_mptc("amortized")
+    step = make(S)
+    trainer, state = make.trainer, make.state
+    plain = trainer_for(width, "plain")
+    cosines = []
+    for m in range(steps):
+        for p in range(common.P_STEPS):
+            batch = S.pt_batch(m, p)
+            trainer.pt_step(state, batch, keep=p == common.P_STEPS - 1)
+        reset_ft(state, S)
+        twin = plain.init_state({k: v.detach().clone().requires_grad_() for k, v in state.params.items()})
+        twin.metas = {k: v.detach().clone().requires_grad_() for k, v in state.metas.items()}
+        xt, yt, xv, yv = S.ft_batches(m)
+        _, ref, _ = plain.hypergradient(twin, batch, [(xt, yt)], (xv, yv))
+        _, hg, _ = trainer.hypergradient(state, batch, [(xt, yt)], (xv, yv))
+        a, b = hg["w"].detach(), ref["w"].detach()
+        cosines.append(float(a @ b / (a.norm() * b.norm())))
+        trainer.meta_update(state, hg)
+    del step
+    return sum(cosines) / len(cosines)
+
+
+def rss_probe(P: int, width: int = 256, steps: int = 3) -> None:
+    """(In a child process) a few meta-steps of the plain IFT run with P PT steps; prints the peak RSS in MB."""
+    import resource
+    import common
+    S = common.Setup(width)
+    trainer = trainer_for(width, "plain", P=P)
+    state = load_state(trainer, S)
+    for m in range(steps):
+        for p in range(P):
+            batch = S.pt_batch(m, p % common.P_STEPS)
+            trainer.pt_step(state, batch)
+        reset_ft(state, S)
+        xt, yt, xv, yv = S.ft_batches(m)
+        _, hg, _ = trainer.hypergradient(state, batch, [(xt, yt)], (xv, yv))
+        trainer.meta_update(state, hg)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def rss_ratio(bench: str) -> float:
+    import subprocess
+    peaks = []
+    for P in (10, 100):
+        out = subprocess.run([sys.executable, __file__, "--bench", bench, "--rss-probe", str(P)], check=True,
+                             capture_output=True, text=True).stdout
+        peaks.append(float(out.strip().splitlines()[-1]))
+    return peaks[1] / peaks[0]
+
+
+def phi_time_ratio(width: int, steps: int) -> float:
+    """Median meta-step time (hypergradient + meta update, the PT steps excluded) with 10^6 meta-parameters
+    over 10^2: the PT loss weighted by mean(2 sigmoid(w)), so only the meta level grows."""
+    import statistics
+    import time
+    import common
+    times = {}
+    for n in (100, 10 ** 6):
+        S = common.Setup(width)
+        trainer = trainer_for(width, "plain", n_phi=n)
+        state = trainer.init_state()
+        taken = []
+        for m in range(steps):
+            for p in range(common.P_STEPS):
+                batch = S.pt_batch(m, p)
+                trainer.pt_step(state, batch)
+            xt, yt, xv, yv = S.ft_batches(m)
+            t0 = time.perf_counter()
+            _, hg, _ = trainer.hypergradient(state, batch, [(xt, yt)], (xv, yv))
+            trainer.meta_update(state, hg)
+            taken.append(time.perf_counter() - t0)
+        times[n] = statistics.median(taken[1:])
+    return times[10 ** 6] / times[100]
+
+
+def contract(args) -> dict:
+    """The benchmark contract's JSON object (module docstring)."""
+    import common
+    import impl_manual
+    out = {}
+    widths = [256] if args.quick else [256, 1024]
+    if args.quick:
+        common.WARMUP, common.MEASURE = 1, 3
+        common.N_META = common.WARMUP + common.MEASURE
+    n_meta = common.N_META
+    for width in widths:
+        ratios = {}
+        for name, make in (("manual", impl_manual.make), ("plain", make_mptc("plain")),
+                           ("fused", make_mptc("fused")), ("hessian_batch_64", make_mptc("hessian_batch_64")),
+                           ("amortized", make_mptc("amortized"))):
+            if width != 256 and name in ("hessian_batch_64", "amortized"):
+                continue
+            common.N_META = n_meta
+            ratios[name] = common.run_benchmark(name, width, make)["ratio_med"]
+        out[f"ratio_{width}"], out[f"ratio_manual_{width}"] = ratios["plain"], ratios["manual"]
+        out[f"ratio_fused_{width}"] = ratios["fused"]
+        if width == 256:
+            out["ratio_hessian_batch_64"], out["ratio_amortized_256"] = ratios["hessian_batch_64"], ratios["amortized"]
+        out[f"cos_{width}"] = agreement(width, 2 if args.quick else args.agree_steps)["min_cosine"]
+    long = 10 if args.quick else args.long
+    ref = long_run(256, long, "plain")
+    for key, variant in (("ft_val_gap_fused", "fused"), ("ft_val_gap_hessian_batch_64", "hessian_batch_64"),
+                         ("ft_val_gap_amortized", "amortized")):
+        out[key] = (long_run(256, long, variant) - ref) / ref
+    out["cos_amortized_256"] = amortized_cosine(256, 3 if args.quick else 20)
+    out["rss_ratio_p100_p10"] = rss_ratio(args.bench)
+    out["time_ratio_phi_1e6_1e2"] = phi_time_ratio(256, 3 if args.quick else 8)
+    out["long_meta_steps"], out["quick"] = long, bool(args.quick)
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in out.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", default=[256, 1024])
@@ -165,6 +308,9 @@ def main() -> None:
     p.add_argument("--bench", default=str(BENCH), help="the folder of the reference benchmark")
     p.add_argument("--fused-options", default="fused: true",
                    help="ift options of the fused variant, e.g. 'fused: true, hessian_batch: 128'")
+    p.add_argument("--json", action="store_true", help="the contract: print one JSON object (the last line)")
+    p.add_argument("--quick", action="store_true", help="with --json: width 256 only, fewer steps (< 1 min)")
+    p.add_argument("--rss-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     global FUSED
     FUSED = ", " + args.fused_options
@@ -172,6 +318,12 @@ def main() -> None:
     import common
     import impl_manual
     common.HERE = tempfile.mkdtemp(prefix="mptc-bench-")  # its hypergradient dumps stay out of shared/
+    if args.rss_probe:
+        return rss_probe(args.rss_probe)
+    if args.json:
+        result = contract(args)
+        print(json.dumps(result), flush=True)
+        return
     rows = []
     for width in args.widths:
         for name, make in (("manual", impl_manual.make), ("mptc", make_mptc(False)),

@@ -115,6 +115,8 @@ def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float 
 def _sqrt(v):
     """sqrt(v) whose derivative is 0 (not inf, which times a zero gradient is NaN) where v = 0: a
     parameter that never had a gradient keeps a finite hypergradient through an unrolled Adam step."""
+    if not torch.is_grad_enabled():                     # the same values, without the masking passes
+        return v.sqrt()
     positive = v > 0
     return torch.where(positive, v, torch.ones_like(v)).sqrt() * positive
 
