@@ -35,6 +35,29 @@ def float64():
     torch.set_default_dtype(before)
 
 
+@pytest.fixture
+def restored_registries(tmp_path_factory):
+    """Undoes every registration a test's user code makes (registries, imported files, sys.path, entry points)."""
+    import sys
+    from mptc.components import plugins
+    from mptc.components.registry import ALL, FILE_MODULE_PREFIX
+    tmp_base = tmp_path_factory.getbasetemp()
+    entries = {kind: dict(r._entries) for kind, r in ALL.items()}
+    modules, path = set(sys.modules), list(sys.path)
+    loaded, entry_points = dict(plugins.LOADED), dict(plugins._ENTRY_POINTS)
+    yield
+    for kind, r in ALL.items():
+        r._entries.clear()
+        r._entries.update(entries[kind])
+    for name in set(sys.modules) - modules:       # the tests' own code (not what a test imported of numpy)
+        if name.startswith(FILE_MODULE_PREFIX) or str(tmp_base) in str(getattr(sys.modules[name], "__file__", "")):
+            del sys.modules[name]
+    sys.path[:] = path
+    plugins.LOADED.clear()
+    plugins.LOADED.update(loaded)
+    plugins._ENTRY_POINTS.update(entry_points)
+
+
 FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures"
 _AANG = """
 spec aang_tiny "AANG on the docstrings sample"

@@ -16,6 +16,12 @@ from mptc.runtime.program import Ctx, Program
 from tests.conftest import FIXTURES, aang_spec, tiny_spec
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+
+
+@pytest.fixture(autouse=True)
+def restore(restored_registries):
+    """The user primitives and models these tests register are gone after each (tests/conftest.py)."""
+    yield
 CPU = torch.device("cpu")
 
 

@@ -123,22 +123,9 @@ def spec_text(encoder="wide(width: 6)", ft_head="linear(out: 3)", imports=('impo
 
 
 @pytest.fixture(autouse=True)
-def restore(tmp_path_factory):
-    tmp_base = tmp_path_factory.getbasetemp()
-    entries = {kind: dict(r._entries) for kind, r in ALL.items()}
-    modules, path = set(sys.modules), list(sys.path)
-    loaded, entry_points = dict(plugins.LOADED), dict(plugins._ENTRY_POINTS)
+def restore(restored_registries):
+    """Every registration, import and entry point a test makes is undone after it (tests/conftest.py)."""
     yield
-    for kind, r in ALL.items():
-        r._entries.clear()
-        r._entries.update(entries[kind])
-    for name in set(sys.modules) - modules:       # the tests' own code (not what a test imported of numpy)
-        if name.startswith(FILE_MODULE_PREFIX) or str(tmp_base) in str(getattr(sys.modules[name], "__file__", "")):
-            del sys.modules[name]
-    sys.path[:] = path
-    plugins.LOADED.clear()
-    plugins.LOADED.update(loaded)
-    plugins._ENTRY_POINTS.update(entry_points)
 
 
 @pytest.fixture
