@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from mptc.errors import RunError, SpecError, SpecErrors
 from mptc.sources import Sources, read_spec, render  # noqa: F401  (render: the CLI's renderer)
@@ -47,12 +48,19 @@ def _compile(args):
 
 def _resumed(args):
     """(source, plan, out, staging folder) of `mptc run --resume DIR`: the run's own copy of the spec compiled
-    with its overrides against the original path (relative data paths); a given SPEC or --set must match."""
+    with its overrides against the original path (relative data paths); a given SPEC or --set must match.
+    A finished run (resumed already, or it ended before it could be stopped) gives (None, None, DIR, None):
+    nothing to resume, and its summary as for any run, so a scheduler may repeat the same command."""
     from mptc.compiler.lower import compile_spec
     from mptc.runtime.checkpoint import read_origin, spec_hash
-    from mptc.runtime.rundir import resumable
+    from mptc.runtime.rundir import finished, resumable
     if args.out:
         raise RunError("--resume continues in the interrupted run's own folder: drop --out")
+    if finished(args.resume):                           # resumed already, or it ended before it was killed
+        if args.spec is not None or args.set:           # its resume.json went with the staging folder
+            raise RunError(f"--resume '{args.resume}': the run has finished, so there is no spec to check "
+                           "against; leave out the SPEC and --set")
+        return None, None, Path(args.resume), None
     out, staged = resumable(args.resume)
     origin = read_origin(staged)
     text = (staged / "spec.mpt").read_text()
@@ -84,15 +92,22 @@ def cmd_compile(args) -> int:
 
 def cmd_run(args) -> int:
     from mptc.runtime.executor import run_plan
+    if args.nproc is not None and args.nproc > 1:
+        return _launch(args)
     if args.resume:
         text, plan, out, staged = _resumed(args)
-        out = run_plan(plan, text, out, progress=not args.quiet, tensorboard=args.tensorboard, resume=staged)
+        if staged is None:
+            print(f"--resume '{args.resume}': the run has finished; nothing to resume", file=sys.stderr)
+        else:
+            out = run_plan(plan, text, out, progress=not args.quiet, tensorboard=args.tensorboard, resume=staged)
     else:
         if args.spec is None:
             raise RunError("mptc run needs a SPEC (or --resume DIR)")
         text, plan = _compile(args)
         out = run_plan(plan, text, args.out, progress=not args.quiet, tensorboard=args.tensorboard,
                        origin=(args.spec, args.set or []))      # progress on stderr (runtime/progress.py)
+    if out is None:                                     # a data-parallel job's rank > 0: rank 0 reports
+        return 0
     from mptc.runtime.summary import for_stream
     print(for_stream((out / "summary.txt").read_text(encoding="utf-8"), sys.stdout.encoding))  # even --quiet
     print(f"run directory: {out}", flush=True)
@@ -100,6 +115,33 @@ def cmd_run(args) -> int:
         from mptc.report import write_report
         print(f"report: {write_report([out])}")
     return 0
+
+
+def _launch(args) -> int:
+    """`mptc run --nproc N`: the spec checked here (its errors printed once), then N processes (launch.py)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise RunError("--nproc starts processes of its own: under torchrun, leave it out")
+    if args.resume:
+        if _resumed(args)[3] is None:                   # finished: nothing to launch
+            return cmd_run(argparse.Namespace(**{**vars(args), "nproc": None}))
+    elif args.spec is None:
+        raise RunError("mptc run needs a SPEC (or --resume DIR)")
+    else:
+        _compile(args)
+    if args.out and os.path.lexists(args.out):        # rank 0 would refuse it, after the others started
+        raise RunError(f"run directory '{args.out}' already exists; choose another --out")
+    from mptc.launch import launch, without_nproc
+    return launch(args.nproc, without_nproc(args.argv))
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes >= 1, got '{text}'")
+    return n
 
 
 def check_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,6 +168,9 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="also write DIR/report.html, as `mptc report DIR`")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write every metrics.jsonl field as TensorBoard scalars into DIR (needs tensorboard)")
+    p.add_argument("--nproc", type=_positive, default=None, metavar="N",
+                   help="data-parallel on N processes of this machine, as `torchrun --nproc-per-node N -m mptc "
+                        "run` (gloo on the CPU, nccl on CUDA; docs/runtime.md)")
     p.set_defaults(fn=cmd_run)
 
 
@@ -208,6 +253,7 @@ def main(argv=None) -> int:
             signal.signal(signum, _terminate)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)   # what `--nproc` passes on
         return _dispatch(args)
     except KeyboardInterrupt:
         print("mptc: interrupted", file=sys.stderr)

@@ -36,7 +36,7 @@ from mptc.errors import RunError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Modules whose definitions may be copied; each must need only math, typing, torch (and attrs, rewritten)
-EMBEDDABLE = ("mptc.errors", "mptc.runtime.datasets", "mptc.runtime.models", "mptc.runtime.optim",
+EMBEDDABLE = ("mptc.errors", "mptc.runtime.datasets", "mptc.runtime.models", "mptc.runtime.optim", "mptc.runtime.parallel",
               "mptc.runtime.solvers", "mptc.runtime.hvp", "mptc.runtime.estimators", "mptc.runtime.hypergradient",
               "mptc.runtime.loop", "mptc.runtime.metajson")  # in the order the script defines them
 SUPPORTED_DATA = ("synthetic.multitask", "synthetic.multitask_ft")

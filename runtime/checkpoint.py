@@ -83,13 +83,25 @@ def _streams(trainer) -> list:
     return gens + [memo.gen for memo in trainer.prog.memos]
 
 
-def save(tmp: Path, trainer, state, rows: int) -> None:
-    """Writes the checkpoint atomically (module docstring)."""
-    payload = {"version": 1, "state": {f: _plain(getattr(state, f)) for f in _FIELDS},
-               "torch_rng": torch.get_rng_state(), "streams": [g.get_state() for g in _streams(trainer)],
-               "numpy_rng": _numpy_state(), "rows": rows}
+def _random(trainer) -> dict:
+    """This process's random streams: torch's generator(s), the data and noise streams, numpy's."""
+    out = {"torch_rng": torch.get_rng_state(), "streams": [g.get_state() for g in _streams(trainer)],
+           "numpy_rng": _numpy_state()}
     if torch.cuda.is_available() and trainer.prog.device.type == "cuda":
-        payload["cuda_rng"] = torch.cuda.get_rng_state_all()
+        out["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def save(tmp: Path, trainer, state, rows: int) -> None:
+    """Writes the checkpoint atomically (module docstring). In a data-parallel run every process calls it,
+    and rank 0 writes the state (the same on every process) with every process's random streams."""
+    world = trainer.world
+    ranks = world.gathered(_random(trainer))
+    if world.rank > 0:
+        return
+    payload = {"version": 1, "state": {f: _plain(getattr(state, f)) for f in _FIELDS}, **ranks[0], "rows": rows}
+    if world.size > 1:
+        payload["ranks"] = ranks
     part = tmp / (CHECKPOINT + ".tmp")
     torch.save(payload, part)
     os.replace(part, tmp / CHECKPOINT)
@@ -105,6 +117,11 @@ def load(tmp: Path, trainer, state) -> int | None:
         payload = torch.load(path, weights_only=True, map_location=trainer.prog.device)
     except Exception as e:   # a truncated or foreign file: named, never a traceback
         raise RunError(f"cannot read the checkpoint '{path}': {type(e).__name__}: {e}") from None
+    world, ranks = trainer.world, payload.get("ranks", [payload])
+    if len(ranks) != world.size:
+        again = f"--nproc {len(ranks)}" if len(ranks) > 1 else "one process (no --nproc)"
+        raise RunError(f"the checkpoint '{path}' was written by {len(ranks)} process(es): resume it with {again}")
+    payload = {**payload, **ranks[world.rank]}           # this process's own random streams
     saved = _restored(payload["state"])
     for f in _FIELDS:
         setattr(state, f, saved[f])

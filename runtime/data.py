@@ -93,7 +93,19 @@ class Data:
         self.refs = {"pretrain": plan.pretrain.data, "finetune": plan.finetune.data, "objective": plan.objective.data}
         if plan.auxiliary is not None and plan.auxiliary.data is not None:
             self.refs["auxiliary"] = plan.auxiliary.data
+        self.rank, self.size = 0, 1
         self.reseed(plan.train.seed)
+
+    def shard(self, rank: int, size: int) -> None:
+        """Process `rank` of `size` (a data-parallel run, runtime/parallel.py) takes the `rank`-th of
+        `size` equal parts of every batch; every process draws the same global batch, so the job sees what
+        one process sees. A batch that does not split into equal parts is a RunError."""
+        for stream, ref in self.refs.items():
+            n = min(ref.batch, len(self._split(ref)[0]))
+            if n % size:
+                raise RunError(f"several processes: the {stream} batch of {n} examples (data '{ref.dataset}') "
+                               f"does not split into {size} equal shards; make it a multiple of {size}")
+        self.rank, self.size = rank, size
 
     def reseed(self, seed: int) -> None:
         """Restarts every batch stream from `seed`."""
@@ -111,6 +123,8 @@ class Data:
         ref = self.refs[stream]
         x, y = self._split(ref)
         idx = torch.randint(0, len(x), (min(ref.batch, len(x)),), generator=self.gens[stream])
+        if self.size > 1:
+            idx = idx.view(self.size, -1)[self.rank]    # this process's shard (`shard`)
         idx = idx.to(self.device)
         return x[idx], y[idx]
 

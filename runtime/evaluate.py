@@ -39,6 +39,8 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
+from mptc.runtime.parallel import SOLO
+
 __all__ = ["HEAD_INIT", "METRICS", "accuracy", "auroc", "finetune", "finetune_evaluate", "reshuffled", "summarize"]
 
 MODES = ("full", "linear")
@@ -278,7 +280,7 @@ def finetune(trainer, method: str, state, train_s: float, baselines: tuple, *, e
     for name, trained in states.items():
         encoder = _encoder(trainer, trained)
         by_size = {n: over_seeds(encoder, splits, seeds, args, labels=n, resplit=resplit, progress=progress,
-                                 name=name) for n in counts}
+                                 name=name, world=trainer.world) for n in counts}
         out[name] = {"metric": metric, **by_size[counts[0]]}
         if labels:
             out[name]["by_labels"] = {str(n): r for n, r in by_size.items()}
@@ -287,20 +289,24 @@ def finetune(trainer, method: str, state, train_s: float, baselines: tuple, *, e
 
 
 def over_seeds(encoder: torch.nn.Module, splits: dict, seeds: int, args: dict, labels: int | None = None,
-               resplit: bool = False, progress=None, name: str = "encoder") -> dict:
+               resplit: bool = False, progress=None, name: str = "encoder", world=SOLO) -> dict:
     """`finetune_evaluate` at seeds 0..seeds-1, each on the splits the seed gives (`labels` examples of
     train by `labelled`, after `reshuffled` when `resplit`): `summarize`'s numbers and the per-seed
-    "values"; a line per seed on `progress`."""
+    "values"; a line per seed on `progress`. Under several processes (`world`) seed s runs on process
+    s mod N and every process gathers the values (each seed is its own draw: the same values)."""
     from mptc.runtime.progress import Progress
     progress = progress or Progress(enabled=False)
-    values = []
-    for s in range(seeds):
+    mine = {}
+    for s in range(world.rank, seeds, world.size):
         what = f"evaluate {name}: seed {s + 1}/{seeds}" + (f", {labels} labels" if labels is not None else "")
         with progress.phase(what) as done:
             start = time.perf_counter()
             at = labelled(reshuffled(splits, s) if resplit else splits, labels, s)
-            values.append(finetune_evaluate(encoder, at, seed=s, **args))
-            done(f"{what}: {args.get('metric', 'auroc')} {values[-1]:.4f} ({time.perf_counter() - start:.1f} s)")
+            mine[s] = finetune_evaluate(encoder, at, seed=s, **args)
+            done(f"{what}: {args.get('metric', 'auroc')} {mine[s]:.4f} ({time.perf_counter() - start:.1f} s)")
+    for part in world.gathered(mine) if world.size > 1 else ():
+        mine.update(part)
+    values = [mine[s] for s in range(seeds)]
     return {**summarize(values), "values": values}
 
 

@@ -7,6 +7,7 @@ summary (runtime/summary.py). Progress through every phase goes to stderr (runti
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -21,53 +22,92 @@ from mptc.runtime.artifacts import write_artifacts
 from mptc.runtime.data import Data
 from mptc.runtime.loop import MetaStep, State, Trainer, meta_train
 from mptc.runtime.metajson import meta_json, task_names
+from mptc.runtime.parallel import join, leave, rank_seed
 from mptc.runtime.program import Program, pick_device
 from mptc.runtime.progress import Progress
-from mptc.runtime.rundir import MetricsLog, default_out, staging, write_json
+from mptc.runtime.rundir import MetricsLog, default_out, private, staging, write_json
 
 
 def run_plan(plan: ir.Plan, source: str, out=None, progress: bool | Progress = True, tensorboard=None,
-             origin: tuple | None = None, resume: Path | None = None) -> Path:
+             origin: tuple | None = None, resume: Path | None = None) -> Path | None:
     """Runs a plan end to end and returns its run directory, whose summary.txt holds the summary that
     `mptc run` prints. `progress`: True for progress on stderr (a bar on a terminal, else lines), False for
     none, or a Progress of the caller's. A non-finite result (a meta-parameter, the final PT loss or
-    parameters, an evaluation metric) is a RunError and leaves no run directory."""
-    out = Path(out) if out else default_out(plan.name)
-    report = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
-    with staging(out, resume) as tmp:
-        if resume is None:
-            (tmp / "spec.mpt").write_text(source)
-            write_json(tmp / "ir.json", ir.to_json(plan))
-            from mptc.runtime.checkpoint import write_origin
-            spec_path, overrides = origin or (str(out / "spec.mpt"), ())
-            write_origin(tmp, spec_path, source, overrides)     # what --resume compiles again
-        device = pick_device(plan.train.device)
-        torch.manual_seed(plan.train.seed)
-        trainer = Trainer(plan, Program(plan, device), Data(plan, device))
-        trainer.progress = report                       # the protocols' phases report through it
-        method = "search" if trainer.pt.drives else "meta"
-        state, train_s, last = train(trainer, tmp, report, tensorboard, resuming=resume is not None)
-        tasks = _task_names(trainer)
-        meta = meta_json(_check_trained(state, trainer.prog, last), tasks, trainer.prog.value_names())
-        write_json(tmp / "meta.json", meta)
-        torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
-                    "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
-        write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
-        write_artifacts(tmp, trainer, state)                # per-example weights of a weighting network
-        found, eval_s = {}, 0.0
-        if plan.evaluate is not None:                       # the protocol, through its registry entry
-            protocol = PROTOCOLS.get(plan.evaluate.protocol.name).load()
-            start = time.perf_counter()
-            found = protocol(trainer, method, state, train_s, plan.evaluate.baselines, **plan.evaluate.protocol.args)
-            eval_s = time.perf_counter() - start
-        from mptc.runtime.headlines import headlines
-        found = {**found, **headlines(trainer, state)}     # the paper's figures, where the data knows them
-        if found:
-            write_json(tmp / "eval.json", found)
-        for name in ("resume.pt", "resume.json"):          # finished: checkpoint.pt has the final state
-            (tmp / name).unlink(missing_ok=True)
-        write_summary(tmp, out, trainer, method, found, meta, tasks, _times(method, train_s, found, eval_s))
-    return out
+    parameters, an evaluation metric) is a RunError and leaves no run directory.
+
+    Under torchrun (runtime/parallel.py) every process runs this same function on its shard of every
+    batch; rank 0 alone writes the run directory and reports progress, and the others return None."""
+    world, device = join(pick_device(plan.train.device))
+    try:
+        if world.rank > 0:
+            progress, tensorboard = False, None
+        report = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+        out = Path(out) if out else default_out(plan.name)
+        with contextlib.ExitStack() as folder:
+            if world.rank > 0:                          # a throwaway folder (a resumed run's copied first)
+                tmp = folder.enter_context(private(resume))
+            world.same(None)                            # ... before rank 0 adopts the resumed run's folder
+            if world.rank == 0:
+                tmp = folder.enter_context(staging(out, resume))
+            _run(plan, source, out, tmp, report, tensorboard, origin, resume, world, device)
+    finally:
+        leave(world)
+    return out if world.rank == 0 else None
+
+
+def _run(plan, source, out, tmp, report, tensorboard, origin, resume, world, device) -> None:
+    """The run in its staging folder `tmp` (module docstring)."""
+    if resume is None:
+        (tmp / "spec.mpt").write_text(source)
+        write_json(tmp / "ir.json", ir.to_json(plan))
+        from mptc.runtime.checkpoint import write_origin
+        spec_path, overrides = origin or (str(out / "spec.mpt"), ())
+        write_origin(tmp, spec_path, source, overrides)     # what --resume compiles again
+    torch.manual_seed(plan.train.seed)
+    trainer = Trainer(plan, Program(plan, device), Data(plan, device))
+    if world.size > 1:
+        data_parallel(trainer, world)
+    trainer.progress = report                       # the protocols' phases report through it
+    method = "search" if trainer.pt.drives else "meta"
+    state, train_s, last = train(trainer, tmp, report, tensorboard, resuming=resume is not None)
+    tasks = _task_names(trainer)
+    meta = meta_json(_check_trained(state, trainer.prog, last), tasks, trainer.prog.value_names())
+    write_json(tmp / "meta.json", meta)
+    torch.save({"params": {k: v.detach().cpu() for k, v in state.params.items()},
+                "metas": {k: v.detach().cpu() for k, v in state.metas.items()}}, tmp / "checkpoint.pt")
+    write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
+    write_artifacts(tmp, trainer, state)                # per-example weights of a weighting network
+    found, eval_s = {}, 0.0
+    if plan.evaluate is not None:                       # the protocol, through its registry entry
+        protocol = PROTOCOLS.get(plan.evaluate.protocol.name).load()
+        start = time.perf_counter()
+        found = protocol(trainer, method, state, train_s, plan.evaluate.baselines, **plan.evaluate.protocol.args)
+        eval_s = time.perf_counter() - start
+    from mptc.runtime.headlines import headlines
+    found = {**found, **headlines(trainer, state)}     # the paper's figures, where the data knows them
+    if found:
+        write_json(tmp / "eval.json", found)
+    for name in ("resume.pt", "resume.json"):          # finished: checkpoint.pt has the final state
+        (tmp / name).unlink(missing_ok=True)
+    write_summary(tmp, out, trainer, method, found, meta, tasks, _times(method, train_s, found, eval_s))
+
+
+def data_parallel(trainer: Trainer, world) -> None:
+    """The trainer of one process of several: its world, its shard of every batch, its own random streams
+    (augmentation noise, torch's generator: `rank_seed`); what runs on one process only is a named error."""
+    if trainer.pt.drives:
+        raise RunError(f"several processes: estimator '{trainer.plan.estimators[0].method.name}' drives whole "
+                       "PT runs of its own; run it on one process")
+    if trainer.plan.auxiliary is not None:
+        raise RunError("several processes: auxiliary blocks (AANG) run on one process only")
+    hb = getattr(trainer.pt, "hessian_batch", None)
+    if hb is not None and hb % world.size:
+        raise RunError(f"several processes: hessian_batch {hb} does not split into {world.size} equal shards")
+    trainer.world = world
+    trainer.data.shard(world.rank, world.size)
+    trainer.prog.rank = world.rank
+    trainer.prog.reseed_noise()
+    torch.manual_seed(rank_seed(trainer.plan.train.seed, world.rank))
 
 
 def write_summary(tmp: Path, out: Path, trainer: Trainer, method: str, found: dict, meta: dict, tasks: list,

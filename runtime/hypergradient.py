@@ -77,14 +77,17 @@ class IFT(PTEstimator):
             params, grads = state.est["kept"]
             g = [grads[trainer.pt_keys.index(k)] for k in keys]
         if state.est["hvp"] == "auto":                  # resolved once, on the first meta-step's state
-            state.est["hvp"] = fastest(pt_loss_of(trainer.loss_pt, state.params, state.metas, pt_batch, keys),
-                                       trainer.sel(state.params, keys), [torch.ones_like(state.params[k]) for k in keys])
+            state.est["hvp"] = trainer.world.same(    # rank 0's choice: every process forms H u alike
+                fastest(pt_loss_of(trainer.loss_pt, state.params, state.metas, pt_batch, keys),
+                        trainer.sel(state.params, keys), [torch.ones_like(state.params[k]) for k in keys]))
         solve, args, prepare = self.solver.bind(trainer.pt_opt.lr, state.est, state.meta_step)  # lr: Neumann's alpha
         more = [b for b in state.est["recent"] if b is not pt_batch]
+        world = trainer.world                           # several processes: each its shard of the sub-batch
+        sub = None if self.hessian_batch is None else self.hessian_batch // world.size
         return ift(trainer.loss_pt, params, state.metas, pt_batch, v, trainer.pt_keys, solve, args,
-                   hessian_keys=keys, hvp=state.est["hvp"], hessian_batch=self.hessian_batch, prepare=prepare,
+                   hessian_keys=keys, hvp=state.est["hvp"], hessian_batch=sub, prepare=prepare,
                    g=g, more=more, mixed_mode=self.mixed_mode,
-                   weight_decay=trainer.pt_opt.weight_decay)   # H + lambda I: the decayed PT step's fixed point
+                   weight_decay=trainer.pt_opt.weight_decay, world=world)   # H + lambda I: the decayed step's fixed point
 
 
 class Unroll(PTEstimator):
@@ -107,14 +110,15 @@ class Unroll(PTEstimator):
         if window is None:
             raise RunError("pretrain: unroll has no window to replay (open_window at the window's start)")
         params0, opt0, batches = window
-        return unroll_pt(trainer.loss_pt, params0, state.metas, trainer.pt_keys, trainer.pt_opt, opt0, batches, v)
+        return unroll_pt(trainer.loss_pt, params0, state.metas, trainer.pt_keys, trainer.pt_opt, opt0, batches, v,
+                         world=trainer.world)
 
     def through_ft(self, trainer, state, ft_batches, val_batch):
         """(L_val, v, direct) through K FT steps on the `update` modules, from the online FT state."""
         ft_state = trainer.ft_opt.init(trainer.sel(state.params, trainer.ft_keys))
         return unroll_ft(trainer.loss_ft, trainer.loss_val, state.params, state.metas, trainer.ft_keys,
                          trainer.ft_opt, ft_state, trainer.settings.K, ft_batches, val_batch,
-                         wrt=trainer.pt_keys)
+                         wrt=trainer.pt_keys, world=trainer.world)
 
 
 class Search(PTEstimator):

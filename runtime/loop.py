@@ -23,6 +23,7 @@ import torch
 from mptc.errors import RunError
 from mptc.runtime.estimators import timed
 from mptc.runtime.hypergradient import reference
+from mptc.runtime.parallel import SOLO, rank_seed
 
 
 @attrs.define
@@ -41,6 +42,13 @@ class State:
     cycle: int = 0
     nonfinite: int = 0
     step: int = 0      # PT steps taken (a resumed run's loop skips these: runtime/checkpoint.py)
+
+
+class Fixed(dict):
+    """The meta-parameters, detached, for the steps between two meta-updates (`Stages.fixed`): a loss may
+    evaluate a `let` of them alone once for all those steps (runtime/program.py)."""
+
+    reusable = True
 
 
 @attrs.frozen
@@ -97,18 +105,23 @@ class Stages:
         # an auxiliary block's estimator (AANG; runtime/aang.py), the meta-parameters it owns, and the
         # parameters of the modules the meta-objective applies (its dev head's): set by a plan's Trainer
         self.aux_est, self.aux_metas, self.val_keys = None, (), []
+        # the processes of a data-parallel run (runtime/parallel.py): every gradient leaving a process is
+        # their mean; one process: SOLO, whose collectives are the identity
+        self.world = SOLO
+        self._fixed = (None, (), {})                    # `fixed`: the meta-parameters detached, per meta-update
 
     def fresh_start(self, seed: int) -> None:
         """Back to where a run starts: batch streams, augmentation noise and torch's generator reseeded
         (the estimators' running state is in each new State)."""
         self.data.reseed(seed)
-        self.prog.reseed_noise(seed)
-        torch.manual_seed(seed)
+        self.prog.reseed_noise(seed)                    # per process (runtime/parallel.py: rank_seed)
+        torch.manual_seed(rank_seed(seed, self.world.rank))
 
     def init_state(self, params: dict | None = None) -> State:
         """The state a run starts from: `params` (default: the modules' initial values), the
         meta-parameters' initial values, every optimizer's and estimator's initial state."""
         params, metas = params or self.prog.init_params(), self.prog.init_metas()
+        self.world.broadcast_([*params.values(), *metas.values()])   # every process starts from rank 0's
         return State(params, metas, self.pt_opt.init(self.sel(params, self.pt_keys)),
                      self.ft_opt.init(self.sel(params, self.online_keys)), self.meta_opt.init(list(metas.values())),
                      est=self.pt.start(self))
@@ -132,21 +145,31 @@ class Stages:
             state.params.update({k: state.params[k].detach().clone().requires_grad_() for k in keys})
         return opt.step_(self.sel(state.params, keys), list(grads), opt_state)
 
+    def fixed(self, state: State) -> dict:
+        """The meta-parameters detached, one dict for as long as they stay the same (between meta-updates):
+        a `let` of them alone (task weights) is evaluated once for all the PT steps in between."""
+        held, tensors, detached = self._fixed
+        now = tuple(state.metas.values())
+        if held is not state.metas or len(now) != len(tensors) or any(a is not b for a, b in zip(tensors, now)):
+            detached = Fixed((n, t.detach()) for n, t in state.metas.items())
+            self._fixed = (state.metas, now, detached)
+        return detached
+
     def pt_step(self, state: State, batch, keep: bool = False) -> torch.Tensor:
         """One PT step at fixed meta-parameters. `keep` (the step before a meta-step, for an estimator
         that reuses it) keeps the step's gradient differentiable in theta and phi."""
-        metas = state.metas if keep else {n: t.detach() for n, t in state.metas.items()}
+        metas = state.metas if keep else self.fixed(state)
         loss = self.loss_pt(state.params, metas, *batch)
         grads = torch.autograd.grad(loss, self.sel(state.params, self.pt_keys), create_graph=keep,
                                     allow_unused=True, materialize_grads=True)  # a pooler the loss never reaches: 0
         if keep:
             state.est["kept"] = (dict(state.params), grads)   # the point theta_{P-1} and dL_PT/dtheta there
+        loss, *step = self.world.mean([loss.detach(), *(g.detach() for g in grads)])   # the processes' means
         if self.pt.replays(state):                      # a step the estimator replays: the replay's arithmetic
-            state.pt_opt = self._pure_step(state, grads)
+            state.pt_opt = self._pure_step(state, step)
         else:
-            state.pt_opt = self.apply(state, self.pt_keys, self.pt_opt, state.pt_opt, [g.detach() for g in grads],
-                                      fresh=keep)
-        return loss.detach()
+            state.pt_opt = self.apply(state, self.pt_keys, self.pt_opt, state.pt_opt, step, fresh=keep)
+        return loss
 
     @torch.no_grad()
     def _pure_step(self, state: State, grads):
@@ -162,9 +185,9 @@ class Stages:
         """One FT step on the FT head alone (the modules `unroll K update ...` names that pre-training does
         not train), features detached: the encoder is trained by PT only, whatever `update` says."""
         view = {k: (t if k in self.online_keys else t.detach()) for k, t in state.params.items()}
-        loss = self.loss_ft(view, state.metas, *batch)
+        loss = self.loss_ft(view, self.fixed(state), *batch)
         grads = torch.autograd.grad(loss, self.sel(view, self.online_keys), allow_unused=True, materialize_grads=True)
-        state.ft_opt = self.apply(state, self.online_keys, self.ft_opt, state.ft_opt, grads)
+        state.ft_opt = self.apply(state, self.online_keys, self.ft_opt, state.ft_opt, self.world.mean(grads))
 
     def hypergradient(self, state: State, pt_batch, ft_batches, val_batch):
         """(L_val, {meta: dL_val/dphi}, info): through the FT stage (v = dL_val/dtheta and the direct
@@ -182,7 +205,7 @@ class Stages:
         hg, info = self.pt.through_pt(self, state, pt_batch, v)
         state.est["last"] = (pt_batch, v, direct)       # what `check` compares against
         state.est.pop("kept", None)                     # no graph outlives the meta-step
-        return l_val, {n: own.get(n, hg[n] + direct[n]) for n in hg}, {**info, **info_aux, "ft_unroll_s": t_ft}
+        return l_val, {n: own[n] if n in own else hg[n] + direct[n] for n in hg}, {**info, **info_aux, "ft_unroll_s": t_ft}
 
     def check(self, state: State, hg: dict) -> float:
         """Cosine of the estimate `hg` to the reference (IFT with CG to tolerance, exact products) on the
@@ -213,7 +236,7 @@ def _clamp(t, bounds):
 
 
 def _hg_norm(hg: dict) -> float:
-    return math.sqrt(sum(float((g * g).sum()) for g in hg.values()))
+    return math.sqrt(sum(float(torch.linalg.vector_norm(g)) ** 2 for g in hg.values()))   # no g*g buffer
 
 
 def schedule(warmup: int, P: int, meta_steps: int, reset_every: int = 0):

@@ -53,7 +53,7 @@ class Program:
 
     def __init__(self, plan: ir.Plan, device: torch.device, dtype: torch.dtype | None = None):
         self.plan, self.device, self.dtype = plan, device, dtype or torch_dtype(plan.train.dtype)
-        self.noise_seed, self.memos = plan.train.seed, []
+        self.noise_seed, self.memos, self.rank = plan.train.seed, [], 0
         self.modules, self.keys, self.networks, self.net_keys = {}, {}, {}, {}
         self._decls = {m.name: m for m in plan.modules} | {m.name: m for m in plan.metas if m.kind == "network"}
         self.in_dims = {name: m.in_dim for name, m in self._decls.items()}   # completed by probing
@@ -62,6 +62,8 @@ class Program:
             self._ensure(name)
         self.factored = {m.name: self._factored_index(m) for m in plan.metas if m.kind == "factored"}
         self.lets: dict[str, Callable] = {}
+        self._meta_only = {let.name: let.meta_only for let in plan.lets}
+        self._let_memo: tuple = (None, {})
         for let in plan.lets:
             self.lets[let.name] = self.compile(let.expr)
         self.aux = None
@@ -234,8 +236,10 @@ class Program:
         return out
 
     def reseed_noise(self, seed: int | None = None) -> None:
-        """Restarts every augmentation's noise stream (from the run's seed by default)."""
-        self.noise_seed = self.plan.train.seed if seed is None else seed
+        """Restarts every augmentation's noise stream (from the run's seed by default); the process of
+        `rank` > 0 in a data-parallel run draws streams of its own (runtime/parallel.py: rank_seed)."""
+        from mptc.runtime.parallel import rank_seed
+        self.noise_seed = rank_seed(self.plan.train.seed if seed is None else seed, self.rank)
         for memo in self.memos:
             memo.reseed(self.noise_seed)
 
@@ -263,7 +267,22 @@ class Program:
         return lambda c: self.aux.term(c)
 
     def _c_LetRef(self, e):
-        return lambda c: self.lets[e.name](c)
+        if not self._meta_only[e.name]:
+            return lambda c: self.lets[e.name](c)
+        return lambda c: self._let_of_metas(e.name, c)
+
+    def _let_of_metas(self, name: str, c: Ctx) -> torch.Tensor:
+        """A `let` of meta-parameters alone (task weights over 10^6 entries, say): for the PT and online FT
+        steps between meta-updates, which share one dict of detached meta-parameters marked `reusable`
+        (loop.Stages.fixed), evaluated once per dict and reused; otherwise evaluated every time."""
+        memo = self._let_memo
+        if memo[0] is not c.metas:
+            if not getattr(c.metas, "reusable", False):
+                return self.lets[name](c)
+            memo = self._let_memo = (c.metas, {})        # holds the dict: its id is not reused meanwhile
+        if name not in memo[1]:
+            memo[1][name] = self.lets[name](c)
+        return memo[1][name]
 
     def _c_Apply(self, e):
         arg = self.compile(e.arg)

@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,6 +142,12 @@ def _release(out: Path, tmp: Path) -> None:
         out.rmdir()                                     # only when empty: never a user's files
 
 
+def finished(path) -> bool:
+    """Whether `path` is a finished run directory: meta.json and no RUNNING marker."""
+    path = Path(path)
+    return path.is_dir() and (path / "meta.json").is_file() and not (path / MARKER).exists()
+
+
 def resumable(path: Path) -> tuple[Path, Path]:
     """(out, staging folder) of an interrupted run, given either: its staging folder `.NAME.partial-PID`
     or `NAME` holding its RUNNING marker. A RunError when it is finished, alive or not a run."""
@@ -219,6 +226,17 @@ def staging(out: Path, resume: Path | None = None):
         _release(out, tmp)
         raise
     yield from _staged(out, tmp)
+
+
+@contextlib.contextmanager
+def private(resume: Path | None = None):
+    """The throwaway staging folder of a data-parallel run's process of rank > 0 (rank 0 writes the run
+    directory); `resume`: the interrupted run's folder, copied in first, so the process reads its
+    checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="mptc-rank-") as tmp:
+        if resume is not None:
+            shutil.copytree(resume, tmp, dirs_exist_ok=True)
+        yield Path(tmp)
 
 
 def _staged(out: Path, tmp: Path):

@@ -31,16 +31,43 @@ def neumann(matvec, v, terms: int = 1, scale: float = 1e-3):
     """p = alpha * sum_{j=0..J} (I - alpha H)^j v: the truncated Neumann series of H^-1 v.
 
     The reported residual is ||H p' - v|| / ||v|| of p' = the sum up to J - 1 (it costs no extra product).
-    Converges to H^-1 v when 0 < alpha * lambda_max(H) < 2 and H is positive definite."""
+    Converges to H^-1 v when 0 < alpha * lambda_max(H) < 2 and H is positive definite. Without a graph the
+    differences and sums go into buffers made here, in place (the same values bit for bit, one temporary
+    fewer a tensor and term; tests/test_bench_speed_solvers.py)."""
     c = list(v)      # c_j = (I - alpha H)^j v
     p = list(v)      # running sum of the c_j
-    for _ in range(terms):
+    for j in range(terms):
         hc = matvec(c)                                   # H c_j
-        c = [ci - scale * hi for ci, hi in zip(c, hc)]   # c_{j+1} = c_j - alpha H c_j
-        p = [pi + ci for pi, ci in zip(p, c)]
+        if _untracked(c, hc, p):                        # the same operations, into buffers of our own
+            for i, (ci, hi) in enumerate(zip(c, hc)):
+                c[i] = _minus_scaled(ci, hi, scale)     # c_{j+1} = c_j - alpha H c_j
+                p[i] = p[i] + c[i] if j == 0 else p[i].add_(c[i])   # p is v's own tensors until the first sum
+        else:
+            c = [ci - scale * hi for ci, hi in zip(c, hc)]   # c_{j+1} = c_j - alpha H c_j
+            p = [pi + ci for pi, ci in zip(p, c)]
     # H p = v - c_{J+1}; c_J is free: ||c_J|| / ||v|| is the residual of the sum one term shorter
     vnorm = float(_norm(v))
-    return [scale * pi for pi in p], {"iters": terms, "residual": float(_norm(c)) / vnorm if vnorm else 0.0}
+    own = terms > 0 and _untracked(p)                   # p's tensors are sums made here: scaled in place
+    return [pi.mul_(scale) if own else scale * pi for pi in p], \
+        {"iters": terms, "residual": float(_norm(c)) / vnorm if vnorm else 0.0}
+
+
+def _minus_scaled(c, h, scale):
+    """c - scale h, as `c - scale * h` computes it, with one buffer fewer: the product's buffer takes the
+    difference (h itself, which may be any tensor the caller holds, is only read)."""
+    s = torch.mul(h, scale)
+    return torch.sub(c, s, out=s)
+
+
+def _untracked(*groups) -> bool:
+    """Whether arithmetic on these lists of tensors records no graph (grad mode off, or none requiring grad)
+    and pairs tensors of one dtype and shape, so a result may be written into a buffer made here (in place)
+    with the values the out-of-place expression gives."""
+    tensors = [t for group in groups for t in group]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(len(g) == len(groups[0]) and all(a.dtype == b.dtype and a.shape == b.shape for a, b in zip(g, groups[0]))
+               for g in groups)
 
 
 def cg(matvec, v, iters: int = 20, damping: float = 0.0, tol: float = 1e-10, x0=None):

@@ -290,9 +290,9 @@ def test_pt_unroll_runs_and_replays_the_window(tmp_path, monkeypatch):
     seen = []
     real = hypergradient.unroll_pt
 
-    def spy(loss_pt, params0, metas, keys, opt, opt0, batches, v):
+    def spy(loss_pt, params0, metas, keys, opt, opt0, batches, v, **kw):
         seen.append(len(batches))
-        return real(loss_pt, params0, metas, keys, opt, opt0, batches, v)
+        return real(loss_pt, params0, metas, keys, opt, opt0, batches, v, **kw)
     monkeypatch.setattr(hypergradient, "unroll_pt", spy)
     code, rows = _run(tmp_path, "hypergradient pretrain: unroll, finetune: unroll")
     assert code == 0 and seen == [3, 3, 3, 3] and all(r["solver_iters"] == 3 for r in rows)

@@ -72,7 +72,7 @@ def test_an_interrupted_run_resumes_to_the_same_files(tmp_path, how):
     _same(tmp_path / "full", cut)
 
 
-def test_resume_refuses_a_changed_spec_a_finished_run_and_a_stranger(tmp_path, capsys):
+def test_resume_refuses_a_changed_spec_and_a_stranger_and_passes_over_a_finished_run(tmp_path, capsys):
     from mptc.cli import main
     spec = _spec(tmp_path)
     staging = _interrupt(tmp_path, spec, signal.SIGKILL)
@@ -86,8 +86,13 @@ def test_resume_refuses_a_changed_spec_a_finished_run_and_a_stranger(tmp_path, c
     assert "drop --out" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0      # the unchanged one resumes
     capsys.readouterr()
-    assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
-    assert "a finished run, not an interrupted one" in capsys.readouterr().err
+    before = (tmp_path / "cut" / "meta.json").read_bytes()
+    assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0       # finished: nothing to do
+    out = capsys.readouterr()
+    assert "the run has finished; nothing to resume" in out.err and "run directory:" in out.out
+    assert (tmp_path / "cut" / "meta.json").read_bytes() == before
+    assert main(["run", str(changed), "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
+    assert "the run has finished, so there is no spec to check against" in capsys.readouterr().err
 
 
 def test_a_new_run_beside_keeps_an_interrupted_one(tmp_path, capsys):
