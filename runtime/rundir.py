@@ -143,9 +143,11 @@ def _release(out: Path, tmp: Path) -> None:
 
 
 def finished(path) -> bool:
-    """Whether `path` is a finished run directory: meta.json and no RUNNING marker."""
+    """Whether `path` is a finished run directory: not a staging folder (which holds meta.json from the end
+    of meta-training on, while the evaluation runs), no RUNNING marker, and summary.txt, written last."""
     path = Path(path)
-    return path.is_dir() and (path / "meta.json").is_file() and not (path / MARKER).exists()
+    return (path.is_dir() and not _STAGING.fullmatch(path.name) and not (path / MARKER).exists()
+            and (path / "summary.txt").is_file())
 
 
 def resumable(path: Path) -> tuple[Path, Path]:

@@ -36,15 +36,19 @@ def _same(a: Path, b: Path) -> None:
     assert rows(a) == rows(b)
 
 
-def _interrupt(tmp_path, spec, how) -> Path:
-    """Starts a run, waits for its second checkpoint, and stops it with `how`."""
+def _second_checkpoint(staging: Path) -> bool:
+    return (staging / "resume.pt").exists() and (staging / "metrics.jsonl").read_text().count("\n") >= 9
+
+
+def _interrupt(tmp_path, spec, how, when=_second_checkpoint, sets=()) -> Path:
+    """Starts a run, waits until `when(staging folder)` (its second checkpoint), and stops it with `how`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*MPTC, "run", str(spec), "--out", str(tmp_path / "cut"), "--quiet"], env=env,
+    proc = subprocess.Popen([*MPTC, "run", str(spec), "--out", str(tmp_path / "cut"), "--quiet", *sets], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     staging = tmp_path / f".cut.partial-{proc.pid}"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (staging / "resume.pt").exists() and (staging / "metrics.jsonl").read_text().count("\n") >= 9:
+        if when(staging):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
@@ -70,6 +74,20 @@ def test_an_interrupted_run_resumes_to_the_same_files(tmp_path, how):
     assert done.returncode == 0, done.stderr
     assert not staging.exists() and not (cut / "RUNNING").exists() and not (cut / "resume.pt").exists()
     _same(tmp_path / "full", cut)
+
+
+def test_a_run_killed_during_its_evaluation_resumes_from_its_staging_folder(tmp_path):
+    """The staging folder holds meta.json from the end of meta-training on: it is not a finished run."""
+    spec, sets = _spec(tmp_path), ["--set", "evaluate.epochs=400"]    # an evaluation of a few seconds
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*MPTC, "run", str(spec), "--out", str(tmp_path / "full"), "--quiet", *sets], env=env,
+                   check=True, capture_output=True)
+    staging = _interrupt(tmp_path, spec, signal.SIGKILL, when=lambda s: (s / "meta.json").exists(), sets=sets)
+    assert (staging / "meta.json").exists() and not (staging / "eval.json").exists()
+    done = subprocess.run([*MPTC, "run", "--resume", str(staging), "--quiet"], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "nothing to resume" not in done.stderr, done.stderr
+    _same(tmp_path / "full", tmp_path / "cut")
 
 
 def test_resume_refuses_a_changed_spec_and_a_stranger_and_passes_over_a_finished_run(tmp_path, capsys):
