@@ -23,7 +23,9 @@ not formed again; its FT-val gap stays well within 1%) and the amortized solver 
 richardson)` with `fused`), each one's FT-val gap after `--long` meta-steps, the amortized hypergradient's
 cosine to the unamortized one at the same states, the IFT peak RSS at P = 100 over P = 10 (separate
 processes) and the meta-step time with 10^6 over 10^2 meta-parameters, and prints them as one JSON object
-(`--quick`: width 256 only, fewer steps, within a minute).
+(`--quick`: width 256 only, fewer steps, within a minute). `ratio_manual_hessian_batch_64` is the same
+`hessian_batch: 64` schedule hand-written in plain torch.autograd (`make_manual_hessian_batch`): what the
+variant costs without mptc, on the same machine in the same run.
 """
 from __future__ import annotations
 
@@ -138,6 +140,53 @@ def make_mptc(fused: bool):
         make.state, make.trainer = state, trainer
         return meta_step
     return make
+
+
+def make_manual_hessian_batch(S, sub: int = 64):
+    """`make_meta_step(S)`: the `hessian_batch_64` schedule hand-written in plain torch.autograd, the floor
+    for what mptc's variant can cost: the last PT step's differentiable gradient at theta_{P-1} (taken on
+    copies of the weights, so the optimizer's in-place step leaves its graph intact) gives the optimizer its
+    gradient and the mixed term; the Neumann products use the gradient on the batch's first `sub` examples;
+    v comes from the hand-written FT unroll at theta_P."""
+    import time
+    import common
+    import impl_manual
+    from torch.func import functional_call
+    net = S.new_net()
+    names = [n for n, _ in net.named_parameters()]
+    opt = torch.optim.Adam(net.parameters(), lr=common.LR_PT)
+    phi = S.phi0.clone().requires_grad_()
+    meta_opt = torch.optim.Adam([phi], lr=common.LR_META)
+
+    def loss_at(ps, x, y, w):
+        return common.pt_loss(functional_call(net, dict(zip(names, ps)), (x,)), y, w)
+
+    def meta_step(m):
+        for p in range(common.P_STEPS - 1):
+            x, y = S.pt_batch(m, p)
+            opt.zero_grad(set_to_none=True)
+            common.pt_loss(net(x), y, phi.detach()).backward()
+            opt.step()
+        x, y = S.pt_batch(m, common.P_STEPS - 1)
+        ps = [q.detach().clone().requires_grad_() for q in net.parameters()]   # theta_{P-1}
+        g = torch.autograd.grad(loss_at(ps, x, y, phi), ps, create_graph=True)
+        for q, gq in zip(net.parameters(), g):
+            q.grad = gq.detach()
+        opt.step()
+        S.t_pt_end = time.perf_counter()
+        v_enc = impl_manual.unrolled_ft_v(net, S.ft0, S.ft_batches(m))
+        g_sub = torch.autograd.grad(loss_at(ps, x[:sub], y[:sub], phi.detach()), ps, create_graph=True)
+        v = list(v_enc) + [torch.zeros_like(q) for q in net.pt_head.parameters()]
+        acc = v
+        for _ in range(common.NEUMANN_J):
+            hv = torch.autograd.grad(g_sub, ps, grad_outputs=v, retain_graph=True)
+            v = [vi - common.NEUMANN_ALPHA * hi for vi, hi in zip(v, hv)]
+            acc = [ai + vi for ai, vi in zip(acc, v)]
+        p_ = [-common.NEUMANN_ALPHA * ai for ai in acc]
+        phi.grad = torch.autograd.grad(g, phi, grad_outputs=p_)[0]
+        meta_opt.step()
+        return phi.grad
+    return meta_step
 
 
 def agreement(width: int, steps: int) -> dict:
@@ -281,8 +330,9 @@ def contract(args) -> dict:
         ratios = {}
         for name, make in (("manual", impl_manual.make), ("plain", make_mptc("plain")),
                            ("fused", make_mptc("fused")), ("hessian_batch_64", make_mptc("hessian_batch_64")),
+                           ("manual_hessian_batch_64", make_manual_hessian_batch),
                            ("amortized", make_mptc("amortized"))):
-            if width != 256 and name in ("hessian_batch_64", "amortized"):
+            if width != 256 and name in ("hessian_batch_64", "manual_hessian_batch_64", "amortized"):
                 continue
             common.N_META = n_meta
             ratios[name] = common.run_benchmark(name, width, make)["ratio_med"]
@@ -290,6 +340,7 @@ def contract(args) -> dict:
         out[f"ratio_fused_{width}"] = ratios["fused"]
         if width == 256:
             out["ratio_hessian_batch_64"], out["ratio_amortized_256"] = ratios["hessian_batch_64"], ratios["amortized"]
+            out["ratio_manual_hessian_batch_64"] = ratios["manual_hessian_batch_64"]
         out[f"cos_{width}"] = agreement(width, 2 if args.quick else args.agree_steps)["min_cosine"]
     long = 10 if args.quick else args.long
     ref = long_run(256, long, "plain")
