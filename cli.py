@@ -122,12 +122,17 @@ def _launch(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise RunError("--nproc starts processes of its own: under torchrun, leave it out")
     if args.resume:
-        if _resumed(args)[3] is None:                   # finished: nothing to launch
+        _, plan, _, staged = _resumed(args)
+        if staged is None:                              # finished: nothing to launch
             return cmd_run(argparse.Namespace(**{**vars(args), "nproc": None}))
     elif args.spec is None:
         raise RunError("mptc run needs a SPEC (or --resume DIR)")
     else:
-        _compile(args)
+        _, plan = _compile(args)
+    from mptc.runtime.executor import parallel_refusal
+    refusal = parallel_refusal(plan, args.nproc)
+    if refusal is not None:                             # said once, before any process starts
+        raise RunError(refusal)
     if args.out and os.path.lexists(args.out):        # rank 0 would refuse it, after the others started
         raise RunError(f"run directory '{args.out}' already exists; choose another --out")
     from mptc.launch import launch, without_nproc

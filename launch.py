@@ -96,13 +96,20 @@ def _send(procs, signum) -> None:
             p.send_signal(signum)
 
 
+GRACE = 2.0  # seconds the others have to end on their own after one fails (the same error, found by each)
+
+
 def _wait(procs) -> int | None:
-    """Waits for every process; when one fails, stops the others (SIGTERM, then SIGKILL after 10 s) and
-    returns its rank (None: all succeeded)."""
+    """Waits for every process; when one fails, gives the others GRACE seconds to end on their own (an error
+    every process finds, such as a batch that does not shard, is then printed once, by rank 0), stops the
+    rest (SIGTERM, then SIGKILL after 10 s) and returns its rank (None: all succeeded)."""
     while True:
         codes = [p.poll() for p in procs]
         first = next((r for r, c in enumerate(codes) if c not in (0, None)), None)
         if first is not None:
+            deadline = time.monotonic() + GRACE
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.05)
             _send(procs, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while any(p.poll() is None for p in procs) and time.monotonic() < deadline:

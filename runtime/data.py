@@ -101,10 +101,13 @@ class Data:
         `size` equal parts of every batch; every process draws the same global batch, so the job sees what
         one process sees. A batch that does not split into equal parts is a RunError."""
         for stream, ref in self.refs.items():
-            n = min(ref.batch, len(self._split(ref)[0]))
+            held = len(self._split(ref)[0])
+            n = min(ref.batch, held)
             if n % size:
-                raise RunError(f"several processes: the {stream} batch of {n} examples (data '{ref.dataset}') "
-                               f"does not split into {size} equal shards; make it a multiple of {size}")
+                cut = "" if n == ref.batch else f", all its split holds (the spec asks {ref.batch})"
+                raise RunError(f"several processes: the {stream} batch of data '{ref.dataset}' has {n} examples"
+                               f"{cut}, which does not split into {size} equal shards; make it a multiple of "
+                               f"{size}")
         self.rank, self.size = rank, size
 
     def reseed(self, seed: int) -> None:

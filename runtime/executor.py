@@ -92,17 +92,29 @@ def _run(plan, source, out, tmp, report, tensorboard, origin, resume, world, dev
     write_summary(tmp, out, trainer, method, found, meta, tasks, _times(method, train_s, found, eval_s))
 
 
+def parallel_refusal(plan, size: int) -> str | None:
+    """Why `plan` cannot run on `size` processes, from the plan alone (None: it can): `mptc run --nproc`
+    checks it before any process starts, and each process again (torchrun starts them without us). A
+    batch that does not split into equal shards shows only with the data (runtime/data.py)."""
+    from mptc.runtime.loop import build
+    pt = build("estimator", next(e.method for e in plan.estimators if e.stage == "pretrain"))
+    if pt.drives:
+        return (f"several processes: estimator '{plan.estimators[0].method.name}' drives whole PT runs of its "
+                "own; run it on one process")
+    if plan.auxiliary is not None:
+        return "several processes: auxiliary blocks (AANG) run on one process only"
+    hb = getattr(pt, "hessian_batch", None)
+    if hb is not None and hb % size:
+        return f"several processes: hessian_batch {hb} does not split into {size} equal shards"
+    return None
+
+
 def data_parallel(trainer: Trainer, world) -> None:
     """The trainer of one process of several: its world, its shard of every batch, its own random streams
     (augmentation noise, torch's generator: `rank_seed`); what runs on one process only is a named error."""
-    if trainer.pt.drives:
-        raise RunError(f"several processes: estimator '{trainer.plan.estimators[0].method.name}' drives whole "
-                       "PT runs of its own; run it on one process")
-    if trainer.plan.auxiliary is not None:
-        raise RunError("several processes: auxiliary blocks (AANG) run on one process only")
-    hb = getattr(trainer.pt, "hessian_batch", None)
-    if hb is not None and hb % world.size:
-        raise RunError(f"several processes: hessian_batch {hb} does not split into {world.size} equal shards")
+    refusal = parallel_refusal(trainer.plan, world.size)
+    if refusal is not None:
+        raise RunError(refusal)
     trainer.world = world
     trainer.data.shard(world.rank, world.size)
     trainer.prog.rank = world.rank
