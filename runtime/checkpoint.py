@@ -26,6 +26,7 @@ import json
 import os
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 
@@ -55,9 +56,13 @@ def read_origin(tmp: Path) -> dict:
 
 
 def _plain(obj):
-    """`obj` as what weights_only loading accepts (tensors detached and cloned, deques as dicts)."""
+    """`obj` as what weights_only loading accepts (tensors detached and cloned, deques as dicts, a graph
+    batch as the dict of its graphs' tensors: runtime/graphs.py `Graphs.compact`)."""
+    from mptc.runtime.graphs import Graphs
     if torch.is_tensor(obj):
         return obj.detach().clone()
+    if isinstance(obj, Graphs):
+        return {"__graphs__": {f.name: _plain(getattr(obj.compact(), f.name)) for f in attrs.fields(Graphs)}}
     if isinstance(obj, collections.deque):
         return {"__deque__": [_plain(v) for v in obj], "maxlen": obj.maxlen}
     if isinstance(obj, dict):
@@ -68,6 +73,9 @@ def _plain(obj):
 
 
 def _restored(obj):
+    if isinstance(obj, dict) and "__graphs__" in obj:
+        from mptc.runtime.graphs import Graphs
+        return Graphs(**obj["__graphs__"])
     if isinstance(obj, dict) and "__deque__" in obj:
         return collections.deque((_restored(v) for v in obj["__deque__"]), maxlen=obj["maxlen"])
     if isinstance(obj, dict):

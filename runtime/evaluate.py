@@ -288,6 +288,20 @@ def finetune(trainer, method: str, state, train_s: float, baselines: tuple, *, e
     return {**{m: {**r, "train_s": round(times[m], 3)} for m, r in results.items()}, **labels_table(results)}
 
 
+def _check_finetune(trainer, *, labels=None, tasks: str = "seen", **_) -> None:
+    """`finetune`'s arguments against the data, before meta-training (`check`, which the executor calls):
+    label counts the FT train split cannot give would only fail after the whole run."""
+    if labels:
+        splits = trainer.data.splits(trainer.plan.objective.data.dataset)
+        if tasks == "heldout":
+            from mptc.runtime.data import heldout_splits
+            splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
+        labelled(splits, max(labels), 0)
+
+
+finetune.check = _check_finetune  # what the executor checks before meta-training (runtime/executor.py)
+
+
 def over_seeds(encoder: torch.nn.Module, splits: dict, seeds: int, args: dict, labels: int | None = None,
                resplit: bool = False, progress=None, name: str = "encoder", world=SOLO) -> dict:
     """`finetune_evaluate` at seeds 0..seeds-1, each on the splits the seed gives (`labels` examples of

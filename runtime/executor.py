@@ -68,6 +68,9 @@ def _run(plan, source, out, tmp, report, tensorboard, origin, resume, world, dev
     if world.size > 1:
         data_parallel(trainer, world)
     trainer.progress = report                       # the protocols' phases report through it
+    protocol = PROTOCOLS.get(plan.evaluate.protocol.name).load() if plan.evaluate is not None else None
+    if hasattr(protocol, "check"):                  # what it would refuse after the run, refused before it
+        protocol.check(trainer, **plan.evaluate.protocol.args)
     method = "search" if trainer.pt.drives else "meta"
     state, train_s, last = train(trainer, tmp, report, tensorboard, resuming=resume is not None)
     tasks = _task_names(trainer)
@@ -78,8 +81,7 @@ def _run(plan, source, out, tmp, report, tensorboard, origin, resume, world, dev
     write_json(tmp / "diagnostics.json", diagnostics(trainer, state))
     write_artifacts(tmp, trainer, state)                # per-example weights of a weighting network
     found, eval_s = {}, 0.0
-    if plan.evaluate is not None:                       # the protocol, through its registry entry
-        protocol = PROTOCOLS.get(plan.evaluate.protocol.name).load()
+    if protocol is not None:                            # the protocol, through its registry entry
         start = time.perf_counter()
         found = protocol(trainer, method, state, train_s, plan.evaluate.baselines, **plan.evaluate.protocol.args)
         eval_s = time.perf_counter() - start

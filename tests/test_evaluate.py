@@ -143,3 +143,16 @@ def test_bad_arguments():
     del data["val"]
     with pytest.raises(ValueError):
         finetune_evaluate(make_encoder(), data)
+
+
+def test_labels_the_split_cannot_give_are_refused_before_meta_training(tmp_path, capsys):
+    """finetune(labels: ...) beyond the FT train split is found with the data, not after the whole run: with
+    checkpoints on, a run stopped after meta-training would leave a resumable folder behind."""
+    from mptc.cli import main
+    from tests.conftest import tiny_spec
+    spec = tmp_path / "t.mpt"
+    spec.write_text(tiny_spec(meta_steps=3).replace("seeds: 2)", "seeds: 2, labels: [50, 500])")
+                    .replace("log_every 2", "log_every 2 checkpoint_every 1"))
+    assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "500 labelled examples asked, the FT train split has 96" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mpt"]          # nothing trained, nothing kept

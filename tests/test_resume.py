@@ -118,3 +118,22 @@ def test_a_new_run_beside_keeps_an_interrupted_one(tmp_path, capsys):
     staging = _interrupt(tmp_path, _spec(tmp_path), signal.SIGKILL)
     assert clean_stale(tmp_path) == [] and staging.is_dir()
     assert "is an interrupted run; continue it with mptc run --resume" in capsys.readouterr().err
+
+
+def test_a_graph_batch_kept_by_the_estimator_is_checkpointed_compactly(tmp_path):
+    """A GIN run's estimator keeps recent PT batches (`mixed_batches`): views of the whole graph store. The
+    checkpoint stores each as its own graphs, readable by torch's weights-only loader, collating the same."""
+    import torch
+    from mptc.runtime.checkpoint import _plain, _restored
+    from mptc.runtime.graphs import synthetic_graphs
+    store = synthetic_graphs(graphs=40, pt_tasks=3, related=1, ft_tasks=1).splits["all"][0]
+    batch = store[torch.tensor([7, 3, 31])]
+    torch.save({"recent": [(batch, torch.ones(3))]}, tmp_path / "c.pt")
+    with pytest.raises(Exception):                      # as such: refused by the weights-only loader
+        torch.load(tmp_path / "c.pt", weights_only=True)
+    torch.save(_plain({"recent": [(batch, torch.ones(3))]}), tmp_path / "c.pt")
+    back = _restored(torch.load(tmp_path / "c.pt", weights_only=True))["recent"][0][0]
+    assert len(back.x) < len(store.x) and len(back) == 3
+    a, b = batch.collate(), back.collate()
+    for key in ("x", "edge_index", "edge_attr", "batch", "ptr", "center_node_idx"):
+        assert torch.equal(getattr(a, key), getattr(b, key)), key
