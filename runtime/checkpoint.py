@@ -72,6 +72,17 @@ def _plain(obj):
     return obj
 
 
+def _on_cpu(obj):
+    """`_plain`'s output with every tensor on the CPU."""
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def _restored(obj):
     if isinstance(obj, dict) and "__graphs__" in obj:
         from mptc.runtime.graphs import Graphs
@@ -102,9 +113,13 @@ def _random(trainer) -> dict:
 
 def save(tmp: Path, trainer, state, rows: int) -> None:
     """Writes the checkpoint atomically (module docstring). In a data-parallel run every process calls it,
-    and rank 0 writes the state (the same on every process) with every process's random streams."""
+    and rank 0 writes the state (the same on every process) with every process's random streams and
+    estimator state (its own shards of the PT batches the estimator keeps, `mixed_batches`)."""
     world = trainer.world
-    ranks = world.gathered(_random(trainer))
+    own = _random(trainer)
+    if world.size > 1:                                  # on the CPU for the gather: any device, any backend
+        own["est"] = _on_cpu(_plain(state.est))
+    ranks = world.gathered(own)
     if world.rank > 0:
         return
     payload = {"version": 1, "state": {f: _plain(getattr(state, f)) for f in _FIELDS}, **ranks[0], "rows": rows}
@@ -131,6 +146,8 @@ def load(tmp: Path, trainer, state) -> int | None:
         raise RunError(f"the checkpoint '{path}' was written by {len(ranks)} process(es): resume it with {again}")
     payload = {**payload, **ranks[world.rank]}           # this process's own random streams
     saved = _restored(payload["state"])
+    if "est" in payload:                                 # this process's own (several processes)
+        saved["est"] = _restored(payload["est"])
     for f in _FIELDS:
         setattr(state, f, saved[f])
     state.params = {k: t.requires_grad_() for k, t in state.params.items()}

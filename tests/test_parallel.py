@@ -81,11 +81,14 @@ def test_torchrun_runs_the_same_job(tmp_path):
     assert (tmp_path / "ours" / "meta.json").read_bytes() == (tmp_path / "theirs" / "meta.json").read_bytes()
 
 
-def test_a_killed_job_resumes_with_nproc_to_the_same_files(tmp_path):
+@pytest.mark.parametrize("sets", [[], ["--set", "hypergradient.pretrain=ift(neumann(terms: 2), mixed_batches: 3)"]],
+                         ids=["plain", "kept-batches"])                # each process keeps its own shards
+def test_a_killed_job_resumes_with_nproc_to_the_same_files(tmp_path, sets):
     spec = _spec(tmp_path, meta_steps=24, extra=" checkpoint_every 4")
-    full = _run([spec, "--nproc", "2", "--out", tmp_path / "full", "--quiet"])
+    full = _run([spec, "--nproc", "2", "--out", tmp_path / "full", "--quiet", *sets])
     assert full.returncode == 0, full.stderr
-    launcher = subprocess.Popen([*MPTC, "run", str(spec), "--nproc", "2", "--out", str(tmp_path / "cut"), "--quiet"],
+    launcher = subprocess.Popen([*MPTC, "run", str(spec), "--nproc", "2", "--out", str(tmp_path / "cut"), "--quiet",
+                                 *sets],
                                 env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, staging = time.time() + 120, None
     while time.time() < deadline and launcher.poll() is None:
