@@ -307,7 +307,10 @@ def _board(folder):
     except ImportError:
         raise RunError("--tensorboard needs the tensorboard package: pip install tensorboard "
                        "(or pip install 'mptc[tensorboard]')") from None
-    return SummaryWriter(log_dir=str(folder))
+    try:
+        return SummaryWriter(log_dir=str(folder))
+    except OSError as e:                                # a file there, no permission, a read-only disk
+        raise RunError(f"--tensorboard '{folder}': cannot write a folder there ({e.strerror or e})") from None
 
 
 class MetricsLog:

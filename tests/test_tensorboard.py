@@ -41,3 +41,14 @@ def test_without_the_package_it_is_a_named_error(tmp_path, monkeypatch, capsys):
     spec.write_text(tiny_spec())
     assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet", "--tensorboard", str(tmp_path / "tb")]) == 2
     assert "needs the tensorboard package" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_file_where_the_folder_should_be_is_a_named_error(tmp_path, capsys):
+    spec = tmp_path / "t.mpt"
+    spec.write_text(tiny_spec())
+    (tmp_path / "tb").write_text("not a folder")
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet", "--tensorboard",
+                 str(tmp_path / "tb")]) == 2
+    err = capsys.readouterr().err
+    assert "--tensorboard" in err and "cannot write a folder there" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
