@@ -55,31 +55,22 @@ def read_origin(tmp: Path) -> dict:
         raise RunError(f"'{tmp}' holds no readable {ORIGIN}: it is not a run mptc can resume") from None
 
 
-def _plain(obj):
-    """`obj` as what weights_only loading accepts (tensors detached and cloned, deques as dicts, a graph
-    batch as the dict of its graphs' tensors: runtime/graphs.py `Graphs.compact`)."""
+def _plain(obj, cpu: bool = False):
+    """`obj` as what weights_only loading accepts (tensors detached and cloned, on the CPU when `cpu`;
+    deques as dicts; a graph batch as the dict of its own graphs' tensors: runtime/graphs.py
+    `Graphs.compact`)."""
     from mptc.runtime.graphs import Graphs
     if torch.is_tensor(obj):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True) if cpu else obj.detach().clone()
     if isinstance(obj, Graphs):
-        return {"__graphs__": {f.name: _plain(getattr(obj.compact(), f.name)) for f in attrs.fields(Graphs)}}
+        own = obj.compact()
+        return {"__graphs__": {f.name: _plain(getattr(own, f.name), cpu) for f in attrs.fields(Graphs)}}
     if isinstance(obj, collections.deque):
-        return {"__deque__": [_plain(v) for v in obj], "maxlen": obj.maxlen}
+        return {"__deque__": [_plain(v, cpu) for v in obj], "maxlen": obj.maxlen}
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: _plain(v, cpu) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    return obj
-
-
-def _on_cpu(obj):
-    """`_plain`'s output with every tensor on the CPU."""
-    if torch.is_tensor(obj):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_on_cpu(v) for v in obj)
+        return type(obj)(_plain(v, cpu) for v in obj)
     return obj
 
 
@@ -118,7 +109,7 @@ def save(tmp: Path, trainer, state, rows: int) -> None:
     world = trainer.world
     own = _random(trainer)
     if world.size > 1:                                  # on the CPU for the gather: any device, any backend
-        own["est"] = _on_cpu(_plain(state.est))
+        own["est"] = _plain(state.est, cpu=True)
     ranks = world.gathered(own)
     if world.rank > 0:
         return

@@ -269,10 +269,7 @@ def finetune(trainer, method: str, state, train_s: float, baselines: tuple, *, e
             states[name] = BASELINES.get(name).load()(trainer)
             times[name] = time.perf_counter() - start
             done(f"baseline {name}: trained in {times[name]:.1f} s")
-    splits = trainer.data.splits(trainer.plan.objective.data.dataset)
-    if tasks == "heldout":                                # partial FT access: the tasks meta-training never saw
-        from mptc.runtime.data import heldout_splits
-        splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
+    splits = _splits(trainer, tasks)
     args = {"epochs": epochs, "metric": metric, "lr": lr, "batch": batch, "mode": mode, "patience": patience,
             "head_init": head_init}
     counts = labels or [None]                             # None: the whole train split
@@ -288,15 +285,21 @@ def finetune(trainer, method: str, state, train_s: float, baselines: tuple, *, e
     return {**{m: {**r, "train_s": round(times[m], 3)} for m, r in results.items()}, **labels_table(results)}
 
 
+def _splits(trainer, tasks: str) -> dict:
+    """The meta-objective data's splits `finetune` fine-tunes on (`tasks: heldout`, partial FT access: the
+    task columns meta-training never saw)."""
+    splits = trainer.data.splits(trainer.plan.objective.data.dataset)
+    if tasks == "heldout":
+        from mptc.runtime.data import heldout_splits
+        splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
+    return splits
+
+
 def _check_finetune(trainer, *, labels=None, tasks: str = "seen", **_) -> None:
     """`finetune`'s arguments against the data, before meta-training (`check`, which the executor calls):
     label counts the FT train split cannot give would only fail after the whole run."""
     if labels:
-        splits = trainer.data.splits(trainer.plan.objective.data.dataset)
-        if tasks == "heldout":
-            from mptc.runtime.data import heldout_splits
-            splits = heldout_splits(splits, trainer.plan.objective.data.dataset)
-        labelled(splits, max(labels), 0)
+        labelled(_splits(trainer, tasks), max(labels), 0)
 
 
 finetune.check = _check_finetune  # what the executor checks before meta-training (runtime/executor.py)
