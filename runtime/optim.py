@@ -24,8 +24,9 @@ import torch
 
 class Optimizer(NamedTuple):
     """init(params) -> state; update(params, grads, state) -> (new params, new state), pure and
-    differentiable; step_(params, grads, state) -> state, the same update done in place with fused
-    `torch._foreach_*` kernels (no autograd: the online steps, which nothing differentiates).
+    differentiable; step_(params, grads, state) -> state, the same update done in place by fused kernels
+    (Adam: torch's fused Adam kernel where `_fusable`, else `torch._foreach_*` ones; no autograd: the
+    online steps, which nothing differentiates).
 
     `weight_decay` is coupled L2 decay: lambda * theta is added to the gradient before the optimizer's
     own arithmetic, so the optimizer's fixed points solve grad L(theta) + lambda * theta = 0, the
@@ -109,16 +110,22 @@ def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float 
 
     @torch.no_grad()
     def step_(params, grads, state):                    # the same arithmetic as `update`, in place
+        t = state["t"] + 1
+        rate = _lr_at(lr, t, halflife)
+        if _fusable(params, grads, state["m"], state["v"]):   # one kernel per tensor, one pass over memory
+            steps = [torch.full((), float(t), device=params[0].device)] * len(params)
+            torch._fused_adam_(params, grads, state["m"], state["v"], [], steps, lr=rate, beta1=beta1,
+                               beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+            return {**state, "t": t}
         if weight_decay:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
-        t = state["t"] + 1
         torch._foreach_lerp_(state["m"], grads, 1 - beta1)          # m <- b1 m + (1 - b1) g
         torch._foreach_mul_(state["v"], beta2)
         torch._foreach_addcmul_(state["v"], grads, grads, value=1 - beta2)
         denom = torch._foreach_sqrt(state["v"])
         torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))        # sqrt(v / c2)
         torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, state["m"], denom, value=-_lr_at(lr, t, halflife) / (1 - beta1 ** t))
+        torch._foreach_addcdiv_(params, state["m"], denom, value=-rate / (1 - beta1 ** t))
         return {**state, "t": t}
     return Optimizer(init, update, lr, step_, weight_decay)
 
@@ -140,6 +147,19 @@ def _no_graph(params, *groups) -> bool:
     return (all(t.dtype == first.dtype and t.device == first.device for t in tensors)
             and all(len(group) == len(params) and all(t.shape == p.shape for t, p in zip(group, params))
                     for group in groups))
+
+
+def _fusable(params, *groups) -> bool:
+    """Whether torch's fused Adam kernel (`torch._fused_adam_`, what `torch.optim.Adam(fused=True)` runs) may
+    take an in-place step of `params`: dense contiguous tensors of one floating dtype it supports, all on one
+    CPU or CUDA device, and same shapes pairwise. It computes the step of `update`, rounding within an ulp
+    of it (each parameter read and written once instead of once per `_foreach_*` pass)."""
+    first = params[0] if params else None
+    if first is None or first.device.type not in ("cpu", "cuda") or first.dtype not in (torch.float32, torch.float64):
+        return False
+    return all(len(group) == len(params) and all(
+        t.dtype == first.dtype and t.device == first.device and t.layout == torch.strided and t.is_contiguous()
+        and t.shape == p.shape for t, p in zip(group, params)) for group in (params, *groups))
 
 
 def _slices(*tensors):
