@@ -125,6 +125,8 @@ def _run(execute, shown: str, name: str, path: Path | None) -> None:
         for kind, r in ALL.items():
             r._entries.clear()
             r._entries.update(entries[kind])
+        if isinstance(e, SystemExit):                       # exit() at import: refused, never our exit status
+            raise PluginProblem(f"cannot import {shown}: it called sys.exit({e.code!r})") from None
         if not isinstance(e, Exception):
             raise
         if isinstance(e, ModuleNotFoundError) and path is None and e.name and (

@@ -186,7 +186,8 @@ def _prepare(encoder: torch.nn.Module, splits: dict, mode: str, head_init: float
     """Encoder + fresh head (``"full"``), or a head on precomputed frozen features (``"linear"``)."""
     encoder.eval()
     with torch.no_grad():
-        features = encoder(splits["train"][0][:2]).reshape(2, -1)
+        probe = splits["train"][0][:2]                  # two examples, or the one a tiny split has
+        features = encoder(probe).reshape(len(probe), -1)
     # the head in the encoder's dtype (a `train dtype float64` run's) and device, not torch's defaults
     head = torch.nn.Linear(features.shape[1], splits["train"][1].shape[1], dtype=features.dtype,
                            device=features.device)

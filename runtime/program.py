@@ -34,6 +34,7 @@ from mptc.compiler import ir
 from mptc.errors import RunError
 from mptc.components.registry import (AUGMENTATIONS, FUNCTIONS, HEADS, MODELS, ComponentRaised, input_args,
                                       per_example, where_from)
+from mptc.components.shapes import B
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
 
@@ -288,9 +289,27 @@ class Program:
         arg = self.compile(e.arg)
         if e.module in self.networks:                   # a meta network: its weights are meta-parameters
             net, keys = self.networks[e.module], self.net_keys[e.module]
-            return lambda c: functional_call(net, {k: c.metas[full] for k, full in keys}, (arg(c),))
-        module, keys = self.modules[e.module], self.keys[e.module]
-        return lambda c: functional_call(module, {k: c.params[full] for k, full in keys}, (arg(c),))
+            call = lambda c: functional_call(net, {k: c.metas[full] for k, full in keys}, (arg(c),))  # noqa: E731
+        else:
+            module, keys = self.modules[e.module], self.keys[e.module]
+            call = lambda c: functional_call(module, {k: c.params[full] for k, full in keys}, (arg(c),))  # noqa: E731
+        comp, checked, what = _component(self._decls[e.module])
+        if not comp.origin:
+            return call
+        return _guarded(call, f"{what} '{e.module}': {comp.name} ({where_from(comp)})", comp.origin,
+                        self._rule_shape(comp, checked, e.module))
+
+    def _rule_shape(self, comp, checked, name: str):
+        """The per-example output shape a user's component declares by its shape rule at this module's
+        input (ints and None for a dimension it leaves open); None without a rule or one that fails here."""
+        shape = per_example(self.in_dims[name])
+        if comp.shape is None or shape is None:
+            return None
+        try:
+            out = comp.shape(checked.args, (B, *shape))
+        except Exception:  # noqa: BLE001 (the checker reported it, or the rule cannot say)
+            return None
+        return tuple(d if isinstance(d, int) else None for d in out[1:]) if isinstance(out, tuple) else None
 
     def _c_Augmented(self, e):
         augment, body = self._augmenter(e), self.compile(e.body)
@@ -325,8 +344,12 @@ class Program:
 
     def _c_Fn(self, e):
         """A function of tensors; a number argument (`sigmoid(-2)`) becomes a 0-d tensor once, here."""
-        fn, args = FUNCTIONS.get(e.name).load(), [self._tensor_arg(a) for a in e.args]
-        return lambda c: fn(*[a(c) for a in args])
+        comp = FUNCTIONS.get(e.name)
+        fn, args = comp.load(), [self._tensor_arg(a) for a in e.args]
+        call = lambda c: fn(*[a(c) for a in args])  # noqa: E731
+        if not comp.origin:
+            return call
+        return _guarded(call, f"function '{e.name}' ({where_from(comp)})", comp.origin)
 
     def _tensor_arg(self, e):
         arg = self.compile(e)
@@ -402,6 +425,32 @@ class NoiseMemo:
         eps = draw()
         self.entries[id(x)] = (weakref.ref(x), eps)
         return eps
+
+
+def _guarded(call: Callable, what: str, origin: str, shape: tuple | None = None) -> Callable:
+    """`call` (a user's own module or function applied in a compiled expression) whose failures while the
+    run executes are one RunError naming it, where it comes from and the raising line: an exception it
+    raises, a result that is not a tensor, or (`shape`: its rule's per-example output) a tensor of another
+    shape than its shape rule declares, which would otherwise fail later in a module it feeds."""
+    from mptc.components.plugins import raised, user_frames
+    path = origin if origin.endswith(".py") else None
+
+    def checked(c):
+        try:
+            out = call(c)
+        except RunError:
+            raise
+        except Exception as e:
+            raise RunError(f"{what} raised {raised(e, path)}") from user_frames(e)
+        if not isinstance(out, torch.Tensor):
+            raise RunError(f"{what} returned a {type(out).__name__}, not a tensor")
+        if shape is not None and (out.dim() != len(shape) + 1 or any(
+                want is not None and have != want for have, want in zip(out.shape[1:], shape))):
+            declared = ", ".join(["batch", *("?" if d is None else str(d) for d in shape)])
+            raise RunError(f"{what} returned a tensor of shape [{', '.join(map(str, out.shape))}], but its shape "
+                           f"rule declares [{declared}]")
+        return out
+    return checked
 
 
 def _component(decl):

@@ -156,3 +156,13 @@ def test_labels_the_split_cannot_give_are_refused_before_meta_training(tmp_path,
     assert main(["run", str(spec), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "500 labelled examples asked, the FT train split has 96" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mpt"]          # nothing trained, nothing kept
+
+
+@pytest.mark.parametrize("mode", ["full", "linear"])
+def test_a_train_split_of_one_example_is_fine_tuned(mode):
+    """The head's width comes from the encoder's features on at most two examples: a one-example train split
+    (a user's tiny labelled set) gets a head as wide as the features, not one shaped by a reshape to two rows."""
+    x, y = make_data()["train"]
+    data = {**make_data(), "train": (x[:1], y[:1])}
+    value = finetune_evaluate(make_encoder(), data, epochs=2, mode=mode)
+    assert 0.0 <= value <= 1.0

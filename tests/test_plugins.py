@@ -25,7 +25,7 @@ from mptc.errors import RunError, SpecErrors
 ROOT = Path(__file__).resolve().parent.parent
 
 COMPONENTS = '''
-from mptc.components import DATASETS, HEADS, MODELS, B, Param, ShapeProblem, features
+from mptc.components import DATASETS, FUNCTIONS, HEADS, MODELS, B, Param, ShapeProblem, features
 
 SEEN = []   # the in_shape each factory call received
 
@@ -87,6 +87,35 @@ def mismatch(width, in_shape):
 @MODELS.register("notmodule", [Param("width", "int", min=1)], shape=lambda args, in_shape: (B, args["width"]))
 def notmodule(width, in_shape):
     return width
+
+
+@MODELS.register("raises_later", [Param("width", "int", min=1)], shape=lambda args, in_shape: (B, args["width"]))
+def raises_later(width, in_shape):
+    import torch
+
+    class Later(torch.nn.Module):          # builds, then fails in its forward pass
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(in_shape[0], width)
+
+        def forward(self, x):
+            raise ValueError("forward failed")
+    return Later()
+
+
+@MODELS.register("lies", [Param("width", "int", min=1)], shape=lambda args, in_shape: (B, args["width"]))
+def lies(width, in_shape):
+    return _net(width + 3, in_shape)       # its rule says width, it gives width + 3
+
+
+@FUNCTIONS.register("fails", [Param("a", "tensor"), Param("b", "tensor")], shape=lambda args, shapes: shapes[0])
+def fails(a, b):
+    raise ZeroDivisionError("no way")
+
+
+@FUNCTIONS.register("nothing", [Param("a", "tensor"), Param("b", "tensor")], shape=lambda args, shapes: shapes[0])
+def nothing(a, b):
+    return None
 
 
 @HEADS.register("open_head", [Param("out", "int", min=1)])
@@ -481,6 +510,35 @@ def test_run_reports_a_build_failure_in_one_line_and_debug_adds_the_users_traceb
     assert cli("run", path, "--out", tmp_path / "run", "--quiet", "--debug") == 2
     err = capsys.readouterr().err
     assert 'raise ValueError(f"width {width} is not supported")' in err and "program.py" not in err
+
+
+@pytest.mark.parametrize("encoder, loss, message", [
+    ("raises_later(width: 6)", None, r"model 'encoder': raises_later \(.*components\.py\) raised ValueError: forward "
+                                     r"failed \(components\.py:\d+\)"),
+    ("lies(width: 6)", None, r"model 'encoder': lies \(.*components\.py\) returned a tensor of shape \[32, 9\], but its "
+                             r"shape rule declares \[batch, 6\]"),
+    ("wide(width: 6)", "fails", r"function 'fails' \(.*components\.py\) raised ZeroDivisionError: no way "
+                                r"\(components\.py:\d+\)"),
+    ("wide(width: 6)", "nothing", r"function 'nothing' \(.*components\.py\) returned a NoneType, not a tensor"),
+])
+def test_user_code_failing_while_the_run_executes_is_one_named_line_and_exit_2(proj, tmp_path, capsys, encoder, loss,
+                                                                               message):
+    text = spec_text(encoder=encoder)
+    if loss:
+        text = text.replace("2 * sigmoid(w) * bce(pt_head(encoder(x)), y)", f"2 * sigmoid(w) * {loss}(pt_head(encoder(x)), y)")
+    path = proj(text)
+    assert cli("run", path, "--out", tmp_path / "run", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch("mptc: error: " + message + "\n", err), err
+    assert not (tmp_path / "run" / "summary.txt").exists()
+
+
+def test_a_file_that_calls_sys_exit_is_refused_at_its_import(tmp_path, capsys):
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "s.mpt").write_text('import "quits.py"\n' + BODY.format(encoder="mlp(hidden: [6])", ft_head="linear(out: 3)"))
+    assert cli("check", tmp_path / "s.mpt") == 2
+    err = capsys.readouterr().err
+    assert 's.mpt:1:8: error: cannot import "quits.py": it called sys.exit(3)' in err
 
 
 def test_a_run_with_probed_shapes_records_the_imports(proj, tmp_path):
