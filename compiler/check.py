@@ -84,6 +84,7 @@ class _Checker:
         self.spec, self.errors = spec, []
         self.decls, self.singles, self.stages, self.args = {}, {}, {}, {}
         self.in_dims, self.data_shapes, self.spaces_of = {}, {}, {}
+        self.in_data, self.data_now = {}, None        # module -> the data of its first use; the data being checked
         self.let_shapes: dict = {}
         self.scoped_shapes: dict = {}  # (let, (x shape, y shape)) -> shape, for lets that read the batch
         self.let_deps: dict = {}
@@ -505,12 +506,14 @@ class _Checker:
             if found["_node"].kind == "auxiliary":
                 continue                                # its clauses: the auxiliary pass
             shapes = self.data_ref_shapes(found.get("data"))
+            self.data_now = found["data"].ref.parts[0] if found.get("data") else None
             if "loss" in found:
                 self.scalar(found["loss"].expr, shapes, f"the {found['_node'].kind} loss")
             if "augment" in found:
                 self.augment(found["augment"].call, shapes)
         objective = self.singles.get("meta_objective")
         if objective is not None:
+            self.data_now = objective.on.parts[0]
             shapes = self.data_shapes.get(objective.on.parts[0]) if self.data_ref(objective.on, None, None) else None
             self.scalar(objective.expr, shapes, "the meta-objective")
 
@@ -723,9 +726,11 @@ class _Checker:
             return
         dim = in_shape[1] if len(in_shape) == 2 else tuple(in_shape[1:])  # features, or (channels, ...)
         previous = self.in_dims.setdefault(name, dim)
+        data = self.in_data.setdefault(name, self.data_now)
         if previous != dim:
-            self.err(ShapeMismatch(expr.span, f"'{name}' is applied to {dim} features here but to "
-                                   f"{previous} elsewhere"))
+            on = (f" (on data '{self.data_now}')", f" (on data '{data}')") if data and self.data_now != data else ("", "")
+            self.err(ShapeMismatch(expr.span, f"'{name}' is applied to {dim} features here{on[0]} but to "
+                                   f"{previous} elsewhere{on[1]}"))
 
     def _rule(self, comp, expr, args, shapes):
         """The output shape by `comp`'s shape rule (None without one); a ShapeProblem is a located error,
@@ -765,8 +770,10 @@ class _Checker:
                 self.err(BadArgument(ev.against[0].span, f"{protocol['name']} compares no baselines: drop "
                                      f"'against {', '.join(i.name for i in ev.against)}'"))
             has_aux = any(k.startswith("auxiliary ") for k in self.stages)
-            for ident in ev.against:
-                if BASELINES.get(ident.name) is None:
+            for i, ident in enumerate(ev.against):
+                if any(other.name == ident.name for other in ev.against[:i]):
+                    self.err(DuplicateName(ident.span, f"baseline '{ident.name}' is named twice"))
+                elif BASELINES.get(ident.name) is None:
                     self.err(UnknownComponent(ident.span, f"unknown baseline '{ident.name}' "
                                               f"(known: {', '.join(BASELINES.names())})",
                                               hint=did_you_mean(ident.name, BASELINES.names())))

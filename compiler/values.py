@@ -61,8 +61,23 @@ def _kind_name(kind: str) -> str:
             "choice": "one of the listed names"}.get(kind, kind)
 
 
+def _shown_value(value) -> str:
+    """A constant as the spec writes it: `[16.5, 8]`, `"a"`, `auroc` (a name), the long ones cut.
+
+        >>> _shown_value([16.5, 8]), _shown_value([]), _shown_value(["a", Symbol("b")])
+        ('[16.5, 8]', '[]', '["a", b]')
+    """
+    if isinstance(value, list):
+        text = "[" + ", ".join(_shown_value(v) for v in value) + "]"
+        return text if len(text) <= 40 else text[:36] + " ...]"
+    if isinstance(value, Symbol):
+        return str(value)
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
 def _type_error(param: Param, expr, got) -> BadArgument:
-    shown = "a name" if isinstance(got, Symbol) else "a list" if isinstance(got, list) else repr(got)
+    shown = "a name" if isinstance(got, Symbol) else "an empty list" if got == [] else \
+        _shown_value(got) if isinstance(got, list) else repr(got)
     alternatives = "".join(f" or {c}" for c in param.choices) if param.kind != "choice" else ""
     return BadArgument(expr.span, f"'{param.name}' must be {_kind_name(param.kind)}{alternatives}, got {shown}")
 
@@ -106,7 +121,12 @@ def _convert(param: Param, expr, value, errors, ctx):
     if kind == "strs":
         items = value if isinstance(value, list) else [value]
         ok = items and all(isinstance(v, str) for v in items)
-        return [str(v) for v in items] if ok else errors.append(_type_error(param, expr, value))
+        if not ok:
+            return errors.append(_type_error(param, expr, value))
+        twice = next((v for i, v in enumerate(items) if v in items[:i]), None)
+        if twice is not None:                               # columns, tasks, splits: each named once
+            return errors.append(BadArgument(expr.span, f"'{param.name}' names '{twice}' twice"))
+        return [str(v) for v in items]
     if kind == "choice":
         return _convert_choice(param, expr, value, errors)
     if kind == "dataset":

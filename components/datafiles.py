@@ -17,7 +17,7 @@ unpickler that knows only tensors and dicts, and `.safetensors` starts with a JS
 """
 from __future__ import annotations
 
-import collections
+import collections.abc
 import csv
 import json
 import os
@@ -87,7 +87,7 @@ def array_headers(path) -> dict[str, Header]:
     """name -> Header of every array in an array file (or folder of .npy files), data left unread."""
     path = Path(path)
     if path.is_dir():
-        return {f.stem: reading(f, _npy_file) for f in sorted(path.glob("*.npy"))}
+        return _NpyFolder(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return reading(path, _npz)
@@ -98,6 +98,23 @@ def array_headers(path) -> dict[str, Header]:
     hint = " (tables go to table(...))" if suffix in TABLE_FORMATS else ""
     raise DataProblem(f"{shown(path)}: arrays reads {', '.join(ARRAY_FORMATS)} files or a folder of .npy files, "
                       f"not '{suffix or path.name}'{hint}")
+
+
+class _NpyFolder(collections.abc.Mapping):
+    """name -> Header of the .npy files of a folder, each file's header read when its name is looked up
+    (a damaged file the spec does not name is never read)."""
+
+    def __init__(self, folder: Path):
+        self.files = {f.stem: f for f in sorted(folder.glob("*.npy"))}
+
+    def __getitem__(self, name: str) -> Header:
+        return reading(self.files[name], _npy_file)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 def array_pair(path, x: str, y: str) -> tuple[Header, Header]:
@@ -120,6 +137,8 @@ def array_pair(path, x: str, y: str) -> tuple[Header, Header]:
                           f"got shape {list(hy.shape)}")
     if hx.shape[0] != hy.shape[0]:
         raise DataProblem(f"{shown(path)}: x ('{x}') has {hx.shape[0]} examples but y ('{y}') has {hy.shape[0]}")
+    if hx.shape[0] == 0:
+        raise DataProblem(f"{shown(path)}: x ('{x}') and y ('{y}') hold no examples (0 rows)")
     return hx, hy
 
 
@@ -131,7 +150,8 @@ def reading(path: Path, read):
     except DataProblem:
         raise
     except Exception as e:  # noqa: BLE001 (see the docstring)
-        raise DataProblem(f"{shown(path)}: cannot read it ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())               # pandas' parser messages end in a newline
+        raise DataProblem(f"{shown(path)}: cannot read it ({type(e).__name__}: {detail})") from None
 
 
 def _npy_header(f) -> tuple[tuple, object]:
@@ -237,7 +257,9 @@ def _pt(path: Path) -> dict[str, Header]:
     except DataProblem as e:
         raise DataProblem(f"{shown(path)}: {e}") from None
     if not isinstance(obj, dict):
-        raise DataProblem(f"{shown(path)}: holds a {type(obj).__name__}, not a dict of named tensors")
+        what = "a single tensor" if isinstance(obj, Header) else f"a {type(obj).__name__}"
+        raise DataProblem(f"{shown(path)}: holds {what}, not a dict of named tensors "
+                          f"(save one: torch.save({{'x': x, 'y': y}}, path))")
     return {str(k): v for k, v in obj.items() if isinstance(v, Header)}
 
 
@@ -276,31 +298,53 @@ def table_columns(path) -> dict[str, bool]:
     return reading(Path(path), read)
 
 
-def _number(text: str) -> bool:
-    """Whether a csv cell reads as a number for pandas (an empty cell is a missing number)."""
+_MISSING = ("", "nan", "na", "n/a", "null", "none", "<na>")   # cells pandas reads as a missing value
+
+
+def _cell(text: str) -> str:
+    """What a csv cell is to pandas: "missing", "number" (booleans included) or "text".
+
+        >>> [_cell(t) for t in ("", "NA", "3.5", "-inf", "True", "oops")]
+        ['missing', 'missing', 'number', 'number', 'number', 'text']
+    """
     text = text.strip()
-    if text == "" or text.lower() in ("true", "false", "nan", "na", "inf", "-inf"):
-        return True
+    if text.lower() in _MISSING:
+        return "missing"
+    if text.lower() in ("true", "false"):
+        return "number"
     try:
         float(text)
-        return True
+        return "number"
     except ValueError:
-        return False
+        return "text"
+
+
+def _numeric(kinds: set) -> bool:
+    """A column is numeric when one of its sampled cells is a number, or none holds anything: a column of
+    numbers with a stray word is a numeric column with a bad cell (the loader names it and its line), not a
+    text column to leave out of the features without a word."""
+    return "number" in kinds or "text" not in kinds
 
 
 def _csv_columns(path: Path) -> dict[str, bool]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:           # -sig: a byte-order mark (Excel) dropped
         rows = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         header = next(rows, None)
         if not header:
             raise DataProblem(f"{shown(path)}: empty: no header row")
         _unique(path, header)
-        numeric = [True] * len(header)
+        kinds, seen = [set() for _ in header], 0
         for line, row in zip(range(2, 2 + _SAMPLE_ROWS), rows):
+            if not row:                                 # a blank line: pandas skips it too
+                continue
             if len(row) != len(header):
                 raise DataProblem(f"{shown(path)}: line {line} has {len(row)} fields, the header {len(header)}")
-            numeric = [n and _number(cell) for n, cell in zip(numeric, row)]
-    return dict(zip(header, numeric))
+            seen += 1
+            for found, cell in zip(kinds, row):
+                found.add(_cell(cell))
+        if not seen:
+            raise DataProblem(f"{shown(path)}: no rows below its header")
+    return {name: _numeric(found) for name, found in zip(header, kinds)}
 
 
 def _unique(path, names) -> None:
@@ -309,19 +353,38 @@ def _unique(path, names) -> None:
         raise DataProblem(f"{shown(path)}: column {', '.join(repr(n) for n in twice)} appears twice")
 
 
-def _jsonl_columns(path: Path) -> dict[str, bool]:
-    columns: dict[str, bool] = {}
-    with open(path, encoding="utf-8") as f:
-        for line, text in zip(range(1, 1 + _SAMPLE_ROWS), f):
-            row = json.loads(text)
+def jsonl_rows(path: Path, limit: int | None = None):
+    """The JSON objects of a jsonl file, one per line (the first `limit` only when given); a line that is
+    not one is a DataProblem naming it. Blank lines may only end the file (rows keep their line numbers)."""
+    with open(path, encoding="utf-8-sig") as f:
+        blank = None
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                blank = blank or line
+                continue
+            if blank is not None:
+                raise DataProblem(f"{shown(path)}: line {blank} is blank (blank lines may only end the file)")
+            if limit is not None and line > limit:
+                return
+            try:
+                row = json.loads(text)
+            except ValueError as e:
+                raise DataProblem(f"{shown(path)}: line {line} is not valid JSON ({e})") from None
             if not isinstance(row, dict):
-                raise DataProblem(f"{shown(path)}: line {line} is not a JSON object")
-            for k, v in row.items():
-                ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, str))
-                columns[k] = columns.get(k, True) and ok
-    if not columns:
+                raise DataProblem(f"{shown(path)}: line {line} is not a JSON object, but {type(row).__name__} "
+                                  f"{text.strip()[:40]}")
+            yield row
+
+
+def _jsonl_columns(path: Path) -> dict[str, bool]:
+    kinds: dict[str, set] = {}
+    for row in jsonl_rows(path, _SAMPLE_ROWS):
+        for k, v in row.items():
+            number = isinstance(v, (int, float))        # bool is an int: a 0/1 label
+            kinds.setdefault(k, set()).add("missing" if v is None else "number" if number else "text")
+    if not kinds:
         raise DataProblem(f"{shown(path)}: empty: no rows")
-    return columns
+    return {k: _numeric(found) for k, found in kinds.items()}
 
 
 def _parquet_columns(path: Path) -> dict[str, bool]:
@@ -332,6 +395,8 @@ def _parquet_columns(path: Path) -> dict[str, bool]:
         raise DataProblem(f"{shown(path)}: reading parquet needs pyarrow (pip install pyarrow)") from None
     schema = pq.read_schema(path)
     _unique(path, schema.names)
+    if pq.read_metadata(path).num_rows == 0:
+        raise DataProblem(f"{shown(path)}: no rows")
     number = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
     return {f.name: any(t(f.type) for t in number) for f in schema}
 
@@ -349,6 +414,8 @@ def table_layout(path, targets, features=None, split_by=None) -> tuple[list[str]
         for name in names:
             if not columns[name]:
                 raise DataProblem(f"{shown(path)}: {role} column '{name}' does not hold numbers")
+    if split_by in targets:
+        raise DataProblem(f"{shown(path)}: column '{split_by}' is both a target and the split_by column")
     both = [c for c in features if c in targets or c == split_by]
     if both:
         raise DataProblem(f"{shown(path)}: column '{both[0]}' is both a feature and a "

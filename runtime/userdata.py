@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mptc.components.datafiles import (DataProblem, array_pair, missing, reading, shown, split_files, table_format,
-                                       table_layout)
+from mptc.components.datafiles import (DataProblem, array_pair, jsonl_rows, missing, reading, shown, split_files,
+                                       table_format, table_layout)
 from mptc.runtime.datasets import Dataset
 
 __all__ = ["arrays", "table"]
@@ -148,9 +148,9 @@ def _frame(path: Path):
     kind = table_format(path)
     if kind == "parquet":
         return pd.read_parquet(path)
-    if kind == "jsonl":
-        return pd.read_json(path, lines=True, dtype=False)
-    return pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+    if kind == "jsonl":                                 # read here, so a bad line is named by its number
+        return pd.DataFrame.from_records(list(jsonl_rows(path)))
+    return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", encoding="utf-8-sig")
 
 
 def _where(file, row: int) -> str:
@@ -163,10 +163,13 @@ def _columns(file, frame, names, role: str, binary: bool = False) -> np.ndarray:
     """[rows, len(names)] float64 of the named columns, each checked to hold finite numbers."""
     import pandas as pd
     out = np.empty((len(frame), len(names)))
+    typed = table_format(file) == "jsonl"                # JSON says what is a number: "3.0" is a string there
     for j, name in enumerate(names):
         column = frame[name]
         values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         text = np.isnan(values) & column.notna().to_numpy()
+        if typed:
+            text |= column.map(lambda v: not (v is None or isinstance(v, (int, float)))).to_numpy(dtype=bool)
         if text.any():
             row = int(np.argmax(text))
             raise DataProblem(f"{shown(file)}: {role} column '{name}' does not hold numbers: "

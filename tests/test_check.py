@@ -204,7 +204,7 @@ NEGATIVE = [
     (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: [8, 4], activation: relu6)"),
      [(BadArgument, 3, 49, 54, "'activation' must be one of relu, tanh, gelu, sigmoid, identity", "relu")]),
     (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: [8, 4.5])"),
-     [(BadArgument, 3, 29, 37, "'hidden' must be a list of integers, got a list", None)]),
+     [(BadArgument, 3, 29, 37, "'hidden' must be a list of integers, got [8, 4.5]", None)]),
     (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: w)"),
      [(BadArgument, 3, 29, 30, "'hidden' must be a list of integers, got a name", None)]),
     (("model encoder = mlp(hidden: [8, 4])", "model encoder = mlp(hidden: 2 * 4)"),
@@ -565,3 +565,18 @@ def test_baselines_with_a_protocol_that_compares_none_are_a_located_error():
     errors = errors_of(BASE + "evaluate restarts(inits: [0, 1]) against pretrain, cotrain\n")
     assert [(e.span.line, e.span.col, e.message) for e in errors] == [
         (BASE.count("\n") + 1, 42, "restarts compares no baselines: drop 'against pretrain, cotrain'")]
+
+
+def test_a_baseline_named_twice_is_a_located_error():
+    """`against no_pretrain, no_pretrain` ran the baseline once and said nothing."""
+    errors = errors_of(edit("split train 0.5, val 0.5", "split train 0.4, val 0.3, test 0.3")
+                       + "evaluate finetune(epochs: 2) against no_pretrain, no_pretrain\n")
+    assert [(type(e), e.span.line, e.span.col, e.message) for e in errors] == [
+        (DuplicateName, BASE.count("\n") + 1, 51, "baseline 'no_pretrain' is named twice")]
+
+
+def test_a_module_applied_to_data_of_two_widths_names_both_data():
+    text = BASE.replace("data ft = synthetic.multitask_ft(of: pt, examples: 32, tasks: 2)",
+                        "data ft = synthetic.multitask(examples: 32, dim: 6, tasks: 2, related: 1)")
+    messages = {e.message for e in errors_of(text)}
+    assert messages == {"'encoder' is applied to 6 features here (on data 'ft') but to 8 elsewhere (on data 'pt')"}

@@ -233,6 +233,10 @@ CHECK_ERRORS = [
     ({"pt.pt": lambda p: torch.save([torch.zeros(2)], p)}, 'arrays(path: "data/pt.pt")',
      "data/pt.pt: holds a list, not a dict of named tensors"),
     ({}, 'arrays(path: "data/pt.npz", tasks: ["a", "b"])', "tasks names 2 tasks, the data has 3"),
+    ({"pt.npz": lambda p: write_arrays(p, x=X[:0], y=Y[:0])}, PT,
+     "data/pt.npz: x ('x') and y ('y') hold no examples (0 rows)"),
+    ({"pt.pt": lambda p: torch.save(torch.zeros(3, 2), p)}, 'arrays(path: "data/pt.pt")',
+     "data/pt.pt: holds a single tensor, not a dict of named tensors (save one: torch.save({'x': x, 'y': y}, path))"),
     ({}, 'arrays(path: "data/pt.npz", train: "data/pt.npz")', "give either path or one file per split (train)"),
     ({}, "arrays()", "needs path (one file) or train/val/test files (one per split)"),
     ({"a.npz": lambda p: write_arrays(p, x=X[:, :3]), "b.npz": write_arrays},
@@ -277,6 +281,12 @@ FT_CHECK_ERRORS = [
      "splits names the values of a split_by column: give split_by too"),
     ({}, 'table(path: "data/pt.npz", targets: ["a"])', "table reads .csv, .tsv, .parquet, .pq, .jsonl, .ndjson "
      "files, not '.npz' (arrays go to arrays(...))"),
+    ({"ft.csv": lambda p: p.write_text("f0,a,b\n")}, 'table(path: "data/ft.csv", targets: ["a", "b"])',
+     "data/ft.csv: no rows below its header"),
+    ({"ft.parquet": lambda p: FT.iloc[:0].to_parquet(p)}, 'table(path: "data/ft.parquet", targets: ["a", "b"])',
+     "data/ft.parquet: no rows"),
+    ({}, 'table(path: "data/ft.csv", targets: ["a", "b"], split_by: "a")',
+     "column 'a' is both a target and the split_by column"),
 ]
 
 
@@ -297,9 +307,64 @@ def test_a_split_clause_beside_own_splits(proj, capsys):
     assert (code, "comes with its own splits (train, val, test): drop the split clause" in err) == (2, True)
 
 
+@pytest.mark.parametrize("decl, message", [
+    ('table(path: "data/ft.csv", targets: ["a", "a"])', "'targets' names 'a' twice"),
+    ('table(path: "data/ft.csv", targets: ["a", "b"], features: ["f0", "f1", "f0"])', "'features' names 'f0' twice"),
+    ('table(path: "data/ft.csv", targets: ["a", "b"], features: [])', "'features' must be a list of names or "
+     "strings, got an empty list"),
+])
+def test_a_name_list_names_each_column_once(proj, capsys, decl, message):
+    code, err = cli(capsys, "check", spec(proj, ft=decl + " split train 0.4, val 0.3, test 0.3"))
+    assert (code, message in err) == (2, True), err
+
+
+def test_a_csv_with_a_byte_order_mark_reads_like_one_without(proj):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark: the first column keeps its name."""
+    plain = built(spec(proj))["ft"]
+    (proj / "data" / "ft.csv").write_bytes(b"\xef\xbb\xbf" + (proj / "data" / "ft.csv").read_bytes())
+    marked = built(spec(proj))["ft"]
+    assert torch.equal(plain.splits["train"][0], marked.splits["train"][0])
+
+
+def test_a_word_among_numbers_early_in_a_column_is_named_not_the_column_dropped(proj, capsys):
+    """A numeric column with one stray word in the rows the checker samples is still a feature, and the run
+    names the cell (it used to be left out as a text column, and the error was a count of features)."""
+    _ft_cells({(2, "f2"): "oops"})(proj / "data" / "ft.csv")
+    path = spec(proj)
+    code, err = cli(capsys, "run", path, "--out", proj / "run", "--quiet")
+    assert code == 2 and "data/ft.csv: feature column 'f2' does not hold numbers: 'oops' on line 4" in err, err
+
+
+def test_a_folder_of_npy_files_reads_only_the_files_it_names(proj, capsys):
+    write_arrays(proj / "data" / "npys")
+    (proj / "data" / "npys" / "broken.npy").write_bytes(b"\x93NUMPY")      # an unrelated damaged file
+    path = spec(proj, pt='arrays(path: "data/npys")')
+    assert built(path)["pt"].splits["all"][0].shape == (N, D)
+    code, err = cli(capsys, "check", spec(proj, pt='arrays(path: "data/npys", x: "xx")'))
+    assert code == 2 and "no array 'xx' in" in err and "did you mean 'x'?" in err, err
+
+
+JSONL_ERRORS = [
+    (lambda rows: rows[:150] + ["{not json"] + rows[150:], "data/ft.jsonl: line 151 is not valid JSON"),
+    (lambda rows: rows[:150] + ["[1, 2, 3]"] + rows[150:], "data/ft.jsonl: line 151 is not a JSON object, but list"),
+    (lambda rows: rows[:150] + [""] + rows[150:], "data/ft.jsonl: line 151 is blank"),
+    (lambda rows: rows[:150] + [json.dumps({**json.loads(rows[150]), "f0": "3.0"})] + rows[151:],
+     "data/ft.jsonl: feature column 'f0' does not hold numbers: '3.0' on line 151"),
+]
+
+
+@pytest.mark.parametrize("edit, message", JSONL_ERRORS, ids=[m[15:45] for _, m in JSONL_ERRORS])
+def test_a_bad_jsonl_line_anywhere_is_named_by_its_number(proj, capsys, edit, message):
+    rows = pd.concat([FT] * 6, ignore_index=True).drop(columns=["id"]).to_json(orient="records", lines=True)
+    (proj / "data" / "ft.jsonl").write_text("\n".join(edit(rows.strip().splitlines())) + "\n\n")  # a blank end
+    path = spec(proj, ft='table(path: "data/ft.jsonl", targets: ["a", "b"], split_by: "fold")')
+    code, err = cli(capsys, "run", path, "--out", proj / "run", "--quiet")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
 def test_wrong_value_kinds(proj, capsys):
     code, err = cli(capsys, "check", spec(proj, ft='table(path: "data/ft.csv", targets: [1, 2])'))
-    assert (code, "'targets' must be a list of names or strings, got a list" in err) == (2, True)
+    assert (code, "'targets' must be a list of names or strings, got [1, 2]" in err) == (2, True)
 
 
 # ---- bad values: named errors when the run loads them --------------------------------------------------
