@@ -139,6 +139,13 @@ def _launch(args) -> int:
     return launch(args.nproc, without_nproc(args.argv))
 
 
+def path_arg(text: str) -> str:
+    """A flag's file or folder: any non-empty string (`--out ''` was taken for no --out at all)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def _positive(text: str) -> int:
     try:
         n = int(text)
@@ -165,13 +172,13 @@ def compile_arguments(p: argparse.ArgumentParser) -> None:
 def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="the spec (with --resume: optional, checked against the run's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the spec")
-    p.add_argument("--resume", default=None, metavar="DIR",
+    p.add_argument("--resume", type=path_arg, default=None, metavar="DIR",
                    help="continue an interrupted run from its last checkpoint (train checkpoint_every N): its "
                         "folder NAME or its staging folder .NAME.partial-PID")
-    p.add_argument("--out", default=None, help="run directory (default runs/<spec name>-<time>)")
+    p.add_argument("--out", type=path_arg, default=None, help="run directory (default runs/<spec name>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress (the summary is still printed)")
     p.add_argument("--report", action="store_true", help="also write DIR/report.html, as `mptc report DIR`")
-    p.add_argument("--tensorboard", default=None, metavar="DIR",
+    p.add_argument("--tensorboard", type=path_arg, default=None, metavar="DIR",
                    help="also write every metrics.jsonl field as TensorBoard scalars into DIR (needs tensorboard)")
     p.add_argument("--nproc", type=_positive, default=None, metavar="N",
                    help="data-parallel on N processes of this machine, as `torchrun --nproc-per-node N -m mptc "

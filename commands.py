@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mptc.cli import path_arg
 from mptc.errors import RunError, SpecError, SpecErrors
 
 EXIT_CHANGED = 1
@@ -44,8 +45,9 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vary", nargs="+", default=None, metavar="KEY[+K]",
                    help="keys set to the seed (+K) per run (default: train.seed and every data seed and fold)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run")
-    p.add_argument("--out", default="runs/compare", help="parent of the run directories (default runs/compare)")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write the CSV table to FILE")
+    p.add_argument("--out", type=path_arg, default="runs/compare",
+                   help="parent of the run directories (default runs/compare)")
+    p.add_argument("--csv", type=path_arg, default=None, metavar="FILE", help="also write the CSV table to FILE")
     p.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     p.set_defaults(fn=cmd_compare)
 
@@ -351,6 +353,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise RunError("compare: two specs share a file name; their run directories would collide")
     if args.vary is not None:
         parse_vary(args.vary)
+    if args.csv:                                        # refused now, not after every seed has run
+        csv_file = Path(args.csv)
+        if csv_file.is_dir() or not csv_file.parent.resolve().is_dir():
+            raise RunError(f"--csv '{args.csv}': " + ("a folder, not a file" if csv_file.is_dir() else
+                                                      f"no folder '{csv_file.parent}' to write it in"))
     texts = {spec: read_spec(spec) for spec in args.specs}
     jobs = [job for spec in args.specs
             for job in seed_jobs(spec, texts[spec], args.seeds, args.set or [], args.vary, Path(args.out))]

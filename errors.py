@@ -118,3 +118,8 @@ class SpecErrors(MptcError):
 
 class RunError(MptcError):
     """A fault while executing a plan: data that cannot be read, a non-finite value, divergence."""
+
+
+class Unresumable(RunError):
+    """A run's checkpoint that no `--resume` can continue from (a damaged file): the folder is kept as it
+    is, and no hint to resume it is printed."""

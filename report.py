@@ -22,6 +22,7 @@ from pathlib import Path
 
 import attrs
 
+from mptc.cli import path_arg
 from mptc.errors import RunError
 
 MARKERS = ("ir.json", "metrics.jsonl", "meta.json")  # a folder with none of these is not a run directory
@@ -54,7 +55,7 @@ def report_arguments(p) -> None:
     """`mptc report`'s arguments (registered in cli.COMMANDS)."""
     p.description = __doc__.split("\n\n")[1]
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default=None, help="folder of report.html and its images (default: the run "
+    p.add_argument("--out", type=path_arg, default=None, help="folder of report.html and its images (default: the run "
                    "directory for one run, the runs' common parent folder for several)")
     p.set_defaults(fn=cmd_report)
 

@@ -17,6 +17,7 @@ import math
 import re
 from pathlib import Path
 
+from mptc.cli import path_arg
 from mptc.errors import BadArgument, RunError, Span, SpecError, SpecErrors
 
 RANGE = re.compile(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*")
@@ -30,7 +31,7 @@ def sweep_arguments(p) -> None:
     p.add_argument("spec")
     p.add_argument("--set", action="append", metavar="KEY=V1,V2|A..B", default=[],
                    help="a key and its values: a comma list, A..B for the integers A to B (repeatable)")
-    p.add_argument("--out", default=None, help="folder of the runs and the summary (default runs/sweep-<spec>-<time>)")
+    p.add_argument("--out", type=path_arg, default=None, help="folder of the runs and the summary (default runs/sweep-<spec>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     p.set_defaults(fn=cmd_sweep)
 

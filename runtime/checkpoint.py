@@ -30,7 +30,7 @@ import attrs
 import numpy as np
 import torch
 
-from mptc.errors import RunError
+from mptc.errors import RunError, Unresumable
 
 CHECKPOINT, ORIGIN = "resume.pt", "resume.json"
 _FIELDS = ("params", "metas", "pt_opt", "ft_opt", "meta_opt", "est", "meta_step", "cycle", "nonfinite", "step")
@@ -130,7 +130,7 @@ def load(tmp: Path, trainer, state) -> int | None:
     try:
         payload = torch.load(path, weights_only=True, map_location=trainer.prog.device)
     except Exception as e:   # a truncated or foreign file: named, never a traceback
-        raise RunError(f"cannot read the checkpoint '{path}': {type(e).__name__}: {e}") from None
+        raise Unresumable(f"cannot read the checkpoint '{path}': {type(e).__name__}: {e}") from None
     world, ranks = trainer.world, payload.get("ranks", [payload])
     if len(ranks) != world.size:
         again = f"--nproc {len(ranks)}" if len(ranks) > 1 else "one process (no --nproc)"

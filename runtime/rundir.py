@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mptc.errors import RunError
+from mptc.errors import RunError, Unresumable
 
 MARKER = "RUNNING"
 RESUMABLE = "resume.pt"  # a staging folder holding it is a checkpointed run (runtime/checkpoint.py), never removed
@@ -186,12 +186,13 @@ def _adopt(out: Path, old: Path, tmp: Path) -> None:
         raise _fail("take over the interrupted run", old, e) from None
 
 
-def _interrupted(out: Path, tmp: Path) -> None:
+def _interrupted(out: Path, tmp: Path, hint: bool = True) -> None:
     """Keeps a checkpointed run's staging folder; its claim says it was interrupted (module docstring)."""
     with contextlib.suppress(OSError):
         (out / MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                               "staging": tmp.name, "interrupted": True}) + "\n")
-    print(f"mptc: the run is incomplete; continue it with mptc run --resume '{out}'", file=sys.stderr)
+    if hint:                                            # not after a checkpoint no resume can read
+        print(f"mptc: the run is incomplete; continue it with mptc run --resume '{out}'", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -244,9 +245,9 @@ def private(resume: Path | None = None):
 def _staged(out: Path, tmp: Path):
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         if (tmp / RESUMABLE).exists():
-            _interrupted(out, tmp)
+            _interrupted(out, tmp, hint=not isinstance(e, Unresumable))
         else:
             _release(out, tmp)
         raise

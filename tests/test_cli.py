@@ -220,3 +220,22 @@ def test_every_command_is_registered_once_and_listed_in_the_readme():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     listed = dict.fromkeys(re.findall(r"^\| `mptc (\w+)", readme, flags=re.M))
     assert list(listed) == list(COMMANDS)
+
+
+@pytest.mark.parametrize("argv", [["run", "SPEC", "--out", ""], ["run", "SPEC", "--tensorboard", " "],
+                                  ["run", "--resume", ""], ["sweep", "SPEC", "--set", "train.seed=0,1", "--out", ""],
+                                  ["compare", "SPEC", "--csv", ""]])
+def test_an_empty_path_flag_is_a_usage_error_not_the_default(argv, capsys):
+    """`--out ''` used to mean no --out: the run went to runs/<name>-<time>."""
+    spec = str(Path(__file__).resolve().parents[1] / "specs" / "quickstart.mpt")
+    with pytest.raises(SystemExit) as info:
+        main([spec if a == "SPEC" else a for a in argv])
+    assert info.value.code == 2 and "expected a path, got an empty string" in capsys.readouterr().err
+
+
+def test_compare_refuses_an_unwritable_csv_before_running_anything(tmp_path, capsys):
+    spec = str(Path(__file__).resolve().parents[1] / "specs" / "quickstart.mpt")
+    assert main(["compare", spec, "--seeds", "1", "--csv", str(tmp_path), "--out", str(tmp_path / "runs")]) == 2
+    assert f"--csv '{tmp_path}': a folder, not a file" in capsys.readouterr().err
+    assert main(["compare", spec, "--seeds", "1", "--csv", str(tmp_path / "no" / "t.csv")]) == 2
+    assert "no folder" in capsys.readouterr().err and not (tmp_path / "runs").exists()

@@ -317,6 +317,21 @@ def test_max_nonfinite_is_configurable(tmp_path, capsys, monkeypatch):
     assert "non-finite hypergradient at meta-step 2 (2 in a row)" in capsys.readouterr().err
 
 
+def test_a_run_shorter_than_max_nonfinite_whose_every_meta_step_is_skipped_stops(tmp_path, capsys, monkeypatch):
+    """4 meta-steps, all non-finite, under max_nonfinite 5: the meta-parameters never moved, and the run
+    said nothing and exited 0; now it stops with a named error and leaves no finished folder."""
+    real = executor.Trainer.hypergradient
+
+    def poisoned(self, *args):
+        l_val, hg, info = real(self, *args)
+        return l_val, {n: g * float("nan") for n, g in hg.items()}, info
+    monkeypatch.setattr(executor.Trainer, "hypergradient", poisoned)
+    code, _ = _run(tmp_path, "")
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert "non-finite hypergradient at every meta-step (4 of 4): the meta-parameters never moved" in \
+        capsys.readouterr().err
+
+
 def test_a_skipped_meta_step_is_logged_and_the_run_goes_on(tmp_path, monkeypatch):
     real, calls = executor.Trainer.hypergradient, []
 

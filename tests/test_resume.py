@@ -137,3 +137,15 @@ def test_a_graph_batch_kept_by_the_estimator_is_checkpointed_compactly(tmp_path)
     a, b = batch.collate(), back.collate()
     for key in ("x", "edge_index", "edge_attr", "batch", "ptr", "center_node_idx"):
         assert torch.equal(getattr(a, key), getattr(b, key)), key
+
+
+def test_a_damaged_checkpoint_is_named_and_no_resume_is_suggested(tmp_path, capsys):
+    """A resume.pt that cannot be read: one named error, exit 2; the folder is kept, and no hint to resume it
+    (following that hint would fail the same way)."""
+    from mptc.cli import main
+    staging = _interrupt(tmp_path, _spec(tmp_path), signal.SIGKILL)
+    (staging / "resume.pt").write_bytes(b"not a checkpoint")
+    assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the checkpoint" in err and "continue it with" not in err, err
+    assert not (tmp_path / "cut" / "meta.json").exists() and (tmp_path / "cut" / "RUNNING").exists()
