@@ -254,6 +254,10 @@ def _check_trained(state: State | None, prog: Program, last: dict) -> dict:
                        f"(meta-step {last.get('meta_step', '?')}): the run diverged")
     for key, value in state.params.items():
         _finite(value, f"parameter '{key}'")
+    steps = prog.plan.train.meta_steps
+    if steps and state.nonfinite >= steps:              # a run shorter than max_nonfinite that never moved
+        raise RunError(f"non-finite hypergradient at every meta-step ({steps} of {steps}): the meta-parameters "
+                       f"never moved, the run stopped")
     return values
 
 

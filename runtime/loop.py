@@ -313,9 +313,6 @@ def meta_train(trainer: Stages, state: State, hook: Hook | None = None, mode: st
         if state.nonfinite >= max_nonfinite:
             raise RunError(f"non-finite hypergradient at meta-step {meta_step} "
                            f"({state.nonfinite} in a row): the run stopped")
-        if skipped and state.nonfinite == meta_step == run.meta_steps:   # a short run that never moved
-            raise RunError(f"non-finite hypergradient at every meta-step ({meta_step} of {meta_step}): the "
-                           f"meta-parameters never moved, the run stopped")
         if not skipped:
             trainer.meta_update(state, hg)
         # ---- hook: metrics, progress ---------------------------------------------------------------
