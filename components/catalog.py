@@ -105,11 +105,30 @@ def hf_config(path: str) -> dict:
     file = os.path.join(path, "config.json")
     try:
         with open(file, encoding="utf-8") as f:
-            return json.load(f)
+            config = json.load(f)
     except FileNotFoundError:
         raise ShapeProblem(f"has no config.json in {path} (a folder written by save_pretrained)") from None
     except (OSError, ValueError) as e:
         raise ShapeProblem(f"cannot read {file}: {e}") from None
+    if not isinstance(config, dict):
+        raise ShapeProblem(f"its config.json holds a JSON {type(config).__name__}, not an object of settings")
+    return config
+
+
+def hf_weights(path: str) -> None:
+    """The weights file of a saved transformers folder, read at its header only (components/datafiles.py:
+    nothing in it runs): a truncated or foreign `model.safetensors`, or a `pytorch_model.bin` whose pickle
+    holds anything but tensors, is a ShapeProblem at check rather than a failure at run time."""
+    from pathlib import Path
+    from mptc.components.datafiles import DataProblem, weights_headers
+    folder = Path(path)
+    file = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if file is None:
+        return                                          # sharded or another layout: transformers reads it
+    try:
+        weights_headers(file)
+    except DataProblem as e:
+        raise ShapeProblem(f"its weights: {e}") from None
 
 
 HF_WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim")  # what configs call the hidden state's width
@@ -119,7 +138,10 @@ def _hf_shape(args, in_shape):
     config = hf_config(args["path"])
     width = next((config[k] for k in HF_WIDTH_KEYS if isinstance(config.get(k), int)), None)
     if width is None:
-        raise ShapeProblem(f"its config.json names no hidden size ({', '.join(HF_WIDTH_KEYS)})")
+        named = next((k for k in HF_WIDTH_KEYS if k in config), None)
+        raise ShapeProblem(f"its config.json's {named} is {config[named]!r}, not an integer" if named else
+                           f"its config.json names no hidden size ({', '.join(HF_WIDTH_KEYS)})")
+    hf_weights(args["path"])
     if in_shape is not None and args["input"] == "ids" and (len(in_shape) != 2 or is_graph(in_shape)):
         raise ShapeProblem(f"expects token ids of shape [batch, length], got {fmt(in_shape)}")
     if in_shape is not None and args["input"] == "embeds" and (len(in_shape) != 3 or in_shape[2] != width):

@@ -100,6 +100,13 @@ def array_headers(path) -> dict[str, Header]:
                       f"not '{suffix or path.name}'{hint}")
 
 
+def weights_headers(path) -> dict[str, Header]:
+    """name -> Header of a model's weights file: `.safetensors`, else a torch.save pickle (`pytorch_model.bin`),
+    walked without running anything in it."""
+    path = Path(path)
+    return reading(path, _safetensors if path.suffix.lower() == ".safetensors" else _pt)
+
+
 class _NpyFolder(collections.abc.Mapping):
     """name -> Header of the .npy files of a folder, each file's header read when its name is looked up
     (a damaged file the spec does not name is never read)."""

@@ -57,7 +57,19 @@ def hf(path: str, pool: str = "mean", input: str = "ids") -> HFEncoder:
     logging.disable_progress_bar()            # mptc has its own progress bar; the run's output stays readable
     try:
         model = transformers.AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
-    except (OSError, ValueError) as e:
-        raise RunError(f"hf: cannot load a model from {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 (a damaged, foreign or hostile folder: named, never a traceback)
+        raise RunError(f"hf: cannot load a model from {path}: {_reason(e)}") from None
     model.train()
     return HFEncoder(model, pool, input)
+
+
+def _reason(e: Exception) -> str:
+    """Why loading failed, in one line; a pickle torch's weights-only loader refused is said to be refused
+    (not torch's advice to load it unsafely)."""
+    import pickle
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        return "its weights file holds objects other than tensors, which mptc never unpickles"
+    if "ignore_mismatched_sizes" in str(e):
+        return "a weight in its weights file has another shape than its config.json describes"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"

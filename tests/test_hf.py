@@ -124,3 +124,59 @@ def test_parameters_the_loss_does_not_reach_get_zero_gradients(project):
     params = torch.load(out / "checkpoint.pt")["params"]
     initial = transformers.BertModel.from_pretrained(project / "bert").state_dict()
     assert torch.equal(params["encoder.model.pooler.dense.weight"], initial["pooler.dense.weight"])
+
+
+class _Hostile:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo ran",))
+
+
+def _damaged(project, tmp_path, how):
+    """A copy of the tiny BERT's folder, damaged by `how(folder)`; the spec's path names it."""
+    import shutil
+    folder = tmp_path / "bert"
+    shutil.copytree(project / "bert", folder)
+    how(folder)
+    for name in ("pt.npz", "ft.npz"):
+        shutil.copy(project / name, tmp_path / name)
+    return write(tmp_path)
+
+
+def _bin_instead(folder, obj):
+    import pickle
+    (folder / "model.safetensors").unlink()
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump(obj, f)
+
+
+@pytest.mark.parametrize("how, message", [
+    (lambda f: (f / "config.json").write_text("[1, 2, 3]"), "its config.json holds a JSON list, not an object"),
+    (lambda f: (f / "config.json").write_text(json.dumps({**json.loads((f / "config.json").read_text()),
+                                                           "hidden_size": "8"})),
+     "its config.json's hidden_size is '8', not an integer"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:len((f / "model.safetensors").read_bytes()) // 2]),
+     "its weights: bert/model.safetensors: truncated"),
+    (lambda f: (f / "model.safetensors").write_bytes(bytes(100)), "its weights: bert/model.safetensors: cannot read it"),
+    (lambda f: _bin_instead(f, {"w": _Hostile()}), "its weights: bert/pytorch_model.bin: holds a posix.system"),
+], ids=["config-list", "hidden-str", "truncated", "garbage", "hostile-bin"])
+def test_a_damaged_or_hostile_model_folder_is_a_located_error_at_check(project, tmp_path, monkeypatch, capsys, how,
+                                                                        message):
+    spec = _damaged(project, tmp_path, how)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", spec.name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s.mpt:10:42: error: encoder ") and message in err.splitlines()[0], err
+
+
+def test_weights_of_another_shape_are_one_named_line_at_run(project, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    def shrink(folder):
+        weights = load_file(folder / "model.safetensors")
+        weights["embeddings.word_embeddings.weight"] = weights["embeddings.word_embeddings.weight"][:10].clone()
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    spec = _damaged(project, tmp_path, shrink)
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another shape than its config.json describes" in err, err
