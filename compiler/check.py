@@ -436,8 +436,26 @@ class _Checker:
             out = self.shape(encoders[0], {"x": x, "y": y})
             if out is None or len(out) != 2 or not isinstance(out[1], int):
                 continue
+            self._aux_tokens(node, found, pt["data"].ref.parts[0])
             self.aux_info[node.name] = {"encoder": names[0], "hidden": out[1], "vocab": vocab, "classes": y[1],
                                         "end_task_data": pt["data"].ref.parts[0]}
+
+    def _aux_tokens(self, node, found, end_task: str):
+        """The auxiliary data clause's data: token ids from the end task's own tokenizer (the end task's data,
+        or text.lines(of: <it>)), since AANG's objectives feed them to the encoder's one embedding."""
+        if "data" not in found:
+            return
+        ref = found["data"].ref
+        name = ref.parts[0]
+        decl, shapes = self.of(ast.DataDecl).get(name), self.data_shapes.get(name)
+        if decl is None or shapes is None or name == end_task:
+            return
+        checked = self.args.get(id(decl.source)) or {}
+        if checked.get("name") == "text.lines" and checked.get("args", {}).get("of") == end_task:
+            return
+        self.err(ShapeMismatch(ref.span, f"auxiliary {node.name}: '{name}' must be token ids from the end task's "
+                               f"tokenizer (its encoder has one embedding), e.g. data {name} = "
+                               f"text.lines(path: \"...\", of: {end_task})"))
 
     def _aux_data(self, node, found):
         """A data clause iff the space has an unlabelled (in-domain) data choice."""

@@ -346,6 +346,18 @@ def _per_example(args, shapes):
     return None if shapes[0] is None else shapes[0][:1]
 
 
+def _ce(args, shapes):
+    """Logits [B, C] against one-hot targets [B, C] or class indices [B] / [B, 1]: a one-hot target of
+    another width would train against the wrong classes (or fail on an index past C at run time)."""
+    logits, target = shapes
+    if logits is not None and target is not None and len(logits) == len(target) >= 2:
+        c, t = logits[-1], target[-1]
+        if isinstance(c, int) and isinstance(t, int) and t not in (1, c):
+            raise ShapeProblem(f"has {c} classes (its logits {fmt(logits)}) but one-hot targets over {t} "
+                               f"({fmt(target)}): make the head's out {t}")
+    return _per_example(args, shapes)
+
+
 _T = Param("input", "tensor")
 for _name in ("sigmoid", "softmax", "log_softmax", "exp", "log", "tanh", "relu", "abs", "softplus", "sqrt",
               "detach"):
@@ -367,8 +379,9 @@ FUNCTIONS.register("nt_xent", [Param("a", "tensor"), Param("b", "tensor"), Param
                    target="mptc.runtime.functions:nt_xent", shape=_contrastive,
                    doc="SimCLR's NT-Xent between two views' projections [B, D] at a temperature, per example")
 FUNCTIONS.register("ce", [Param("logits", "tensor"), Param("target", "tensor")],
-                   target="mptc.runtime.functions:ce", shape=_per_example,
-                   doc="softmax cross-entropy against class indices, per example")
+                   target="mptc.runtime.functions:ce", shape=_ce,
+                   doc="softmax cross-entropy against one-hot targets [B, C] or class indices [B] / [B, 1], "
+                       "per example")
 for _name in ("mean", "sum"):
     FUNCTIONS.register(_name, [_T], target=f"mptc.runtime.functions:{_name}", shape=_scalar)
 # a parameter of kind "module" takes a model or head by name (the checker checks the name, it has no shape);

@@ -32,9 +32,9 @@ def mse(pred, target):
 
 
 def ce(logits, target):
-    """Softmax cross-entropy against class indices (or one-hot targets), per example."""
+    """Softmax cross-entropy against class indices [B] or [B, 1], or one-hot targets [B, C], per example."""
     if target.dim() == logits.dim():
-        target = target.argmax(dim=-1)
+        target = target.squeeze(-1) if target.shape[-1] == 1 else target.argmax(dim=-1)
     return F.cross_entropy(logits, target.long(), reduction="none")
 
 

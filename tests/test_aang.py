@@ -389,3 +389,19 @@ def test_an_encoder_without_the_attention_contract_is_a_named_error(tmp_path, ca
     assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "has no forward(x, attention=None, tokens=False)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("domain", [
+    'text.jsonl(path: "SAMPLE", split_by: "split", vocab: 800, max_length: 24)',      # its own tokenizer
+    "synthetic.multitask(examples: 64, dim: 16, tasks: 4, related: 2)",               # not text at all
+])
+def test_auxiliary_data_of_another_tokenizer_is_a_located_error(domain):
+    """The in-domain data went through check and failed at run (an index past the embedding), or trained on
+    ids from another vocabulary: it must be the end task's data or text.lines(of: it)."""
+    domain = domain.replace("SAMPLE", str(FIXTURES / "docstrings_sample.jsonl"))
+    text = aang_spec().replace("data{end_task}", "data{end_task, in_domain}").replace(
+        "model encoder", f"data domain = {domain}\nmodel encoder").replace(
+        "auxiliary aux {", "auxiliary aux {  data domain batch 7")
+    errors = _errors(text)
+    assert any("'domain' must be token ids from the end task's tokenizer" in m and "of: task" in m
+               for _, m, _ in errors), errors

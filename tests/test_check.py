@@ -580,3 +580,23 @@ def test_a_module_applied_to_data_of_two_widths_names_both_data():
                         "data ft = synthetic.multitask(examples: 32, dim: 6, tasks: 2, related: 1)")
     messages = {e.message for e in errors_of(text)}
     assert messages == {"'encoder' is applied to 6 features here (on data 'ft') but to 8 elsewhere (on data 'pt')"}
+
+
+def test_ce_compares_the_head_width_with_one_hot_targets():
+    """A head narrower than the one-hot targets' classes failed at run (an index past the logits); a wider one
+    trained silently against classes that never occur."""
+    text = BASE.replace("loss mean(tw * bce(pt_head(encoder(x)), y))", "loss mean(tw[0] * ce(pt_head(encoder(x)), y))")
+    compile_spec(text, P)                                                   # 4 classes, one-hot over 4
+    for out in (3, 5):
+        messages = [e.message for e in errors_of(text.replace("linear(out: 4)", f"linear(out: {out})"))]
+        assert f"ce has {out} classes (its logits [batch, {out}]) but one-hot targets over 4 ([batch, 4]): make " \
+               "the head's out 4" in messages, messages
+
+
+def test_ce_takes_class_indices_as_a_column():
+    import torch
+    from mptc.runtime.functions import ce
+    logits, index = torch.randn(3, 5, dtype=torch.float64), torch.tensor([1, 4, 0])
+    expected = torch.nn.functional.cross_entropy(logits, index, reduction="none")
+    assert torch.equal(ce(logits, index[:, None].double()), expected)             # [B, 1]: indices, not argmax
+    assert torch.equal(ce(logits, torch.nn.functional.one_hot(index, 5).double()), expected)
