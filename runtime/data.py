@@ -51,6 +51,7 @@ def _build(source: ir.DataSource, built: dict):
         ds = comp.load()(**args)
     except (OSError, ValueError) as e:  # a missing or malformed file, a size that cannot be split
         raise RunError(f"data '{source.name}': {e}") from None
+    _as_declared(source, ds)
     if source.splits and "all" not in ds.splits:
         raise RunError(f"data '{source.name}': it comes with splits {', '.join(ds.splits)}; drop its split clause")
     if source.splits:
@@ -60,6 +61,22 @@ def _build(source: ir.DataSource, built: dict):
         except ValueError as e:                          # a fraction too small for the data's size
             raise RunError(f"data '{source.name}': {e}") from None
     return ds
+
+
+def _as_declared(source: ir.DataSource, ds) -> None:
+    """The loaded data's widths are those `mptc check` took from the declaration (the shape rule: a file's
+    header, a published dataset's documented sizes): a file that says otherwise is named here, not as a shape
+    error inside a loss. Held-out splits keep their own widths."""
+    for split, (x, y) in ds.splits.items():
+        if split.startswith("heldout_"):
+            continue
+        found = {"y": y.shape[1] if torch.is_tensor(y) and y.dim() == 2 else None,
+                 "x": x.shape[1] if torch.is_tensor(x) and x.dim() == 2 else None}
+        for part, declared in (("y", source.y_dim), ("x", source.x_dim)):
+            if isinstance(declared, int) and found[part] is not None and found[part] != declared:
+                what = "tasks (y columns)" if part == "y" else "features (x columns)"
+                raise RunError(f"data '{source.name}': its split '{split}' has {found[part]} {what}, but the spec was "
+                               f"checked with {declared}")
 
 
 def heldout_splits(splits: dict, name: str) -> dict:

@@ -79,6 +79,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing, global_add_pool, global_max_pool, global_mean_pool
 
 from mptc.runtime.datasets import Dataset, _kinds, _related, _units, split
+from mptc.components.catalog import BIO_NODE_DIM   # the bio file's node features, as `mptc check` declares them
 from mptc.components.graphshapes import JK_MODES, POOLS, GraphFeatures
 
 __all__ = ["GIN", "Graphs", "bio", "center_index", "gin", "graphs_from_data", "readout", "synthetic_graphs"]
@@ -399,7 +400,12 @@ def _convert_bio(fields: dict, slices: dict) -> dict:
     for key in ("center_node_idx", "species_id"):
         out[key] = _per_graph(fields[key], slices[key], key)[:, 0].long()
     for key in ("go_target_pretrain", "go_target_downstream"):
-        out[key] = _per_graph(fields[key], slices[key], key).to(torch.uint8)
+        labels = _per_graph(fields[key], slices[key], key)
+        bad = (labels != 0) & (labels != 1)
+        if bad.any():                                   # a cast to uint8 would make -1 a label of 255
+            raise ValueError(f"'{key}' holds {int(bad.sum())} label{'s' if int(bad.sum()) != 1 else ''} other than 0 and 1 "
+                             f"(e.g. {labels[bad][0].item():g})")
+        out[key] = labels.to(torch.uint8)
     return out
 
 
@@ -421,6 +427,12 @@ def _check_bio(t) -> dict:
         raise ValueError("'center_node_idx' names a node its graph does not have")
     if any(len(t[k]) != graphs for k in _BIO_FIELDS[5:]):
         raise ValueError("the GO targets do not have one row per graph")
+    if t["x"].dim() != 2 or t["x"].shape[1] != BIO_NODE_DIM:
+        raise ValueError(f"bio node features must have {BIO_NODE_DIM} column, got shape {list(t['x'].shape)}")
+    for key in ("x", "edge_attr"):
+        if t[key].is_floating_point() and not torch.isfinite(t[key]).all():
+            bad = int((~torch.isfinite(t[key])).sum())
+            raise ValueError(f"'{key}' holds {bad} NaN or infinite value{'s' if bad != 1 else ''}")
     return t
 
 
@@ -506,6 +518,13 @@ def bio(root: str, task: str = "pretrain", seed: int = 42) -> Dataset:
                    t["center_node_idx"], torch.arange(len(t["species_id"])))
     parts = bio_splits(t["species_id"], seed)
     target = t["go_target_pretrain" if task == "pretrain" else "go_target_downstream"]
+
+    for name, ids in parts.items():
+        if not ids and (task == "finetune" or name == "pretrain"):
+            human = int((t["species_id"] == HUMAN).sum())
+            raise ValueError(f"bio: split '{name}' has no graphs (train/val take the non-human species, test and "
+                             f"test_easy the human ones, {HUMAN}: this file has {human} human graphs of "
+                             f"{len(t['species_id'])})")
 
     def part(ids):
         ids = torch.tensor(ids, dtype=torch.long)

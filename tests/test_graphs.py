@@ -10,7 +10,8 @@ import torch
 from torch_geometric.data import Batch
 
 from mptc.compiler.lower import compile_spec
-from mptc.errors import SpecErrors
+from mptc.errors import RunError, SpecErrors
+from tests.test_faults import BIO_SPEC
 from mptc.runtime import graphs as G
 from mptc.components.graphshapes import GraphFeatures, gin_features
 
@@ -111,13 +112,13 @@ def _old_data_class():
 SPECIES = [9606, 3702, 9606, 6239, 10090, 9606, 3702, 9606, 7227, 9606, 4932, 9606, 7955, 3702]
 
 
-def _write_legacy_bio(root, edge_width=9, zipfile=False, pt_tasks=6, ft_tasks=3):
+def _write_legacy_bio(root, edge_width=9, zipfile=False, pt_tasks=6, ft_tasks=3, species=SPECIES, edit=None):
     """A (data, slices) collate like pretrain-gnns' file, objects of the old Data class in `__dict__`
-    (the real file has pt_tasks=5000, ft_tasks=40)."""
+    (the real file has pt_tasks=5000, ft_tasks=40); `edit(fields)` changes the fields before saving."""
     gen = torch.Generator().manual_seed(0)
     old = _old_data_class()
     xs, eis, eas, slices = [], [], [], {k: [0] for k in G._BIO_FIELDS}
-    for n in [3 + i % 4 for i in range(len(SPECIES))]:
+    for n in [3 + i % 4 for i in range(len(species))]:
         src = torch.randint(0, n, (2 * n,), generator=gen)
         dst = (src + 1 + torch.randint(0, n - 1, (2 * n,), generator=gen)) % n
         ei = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], 1)
@@ -127,13 +128,15 @@ def _write_legacy_bio(root, edge_width=9, zipfile=False, pt_tasks=6, ft_tasks=3)
                           ("center_node_idx", 1), ("species_id", 1), ("go_target_pretrain", pt_tasks),
                           ("go_target_downstream", ft_tasks)):
             slices[key].append(slices[key][-1] + size)
-    graphs = len(SPECIES)
+    graphs = len(species)
     data = old()
     data.__dict__.update(
         x=torch.cat(xs), edge_index=torch.cat(eis, 1), edge_attr=torch.cat(eas), y=None, pos=None,
-        center_node_idx=torch.tensor([i % 3 for i in range(graphs)]), species_id=torch.tensor(SPECIES),
+        center_node_idx=torch.tensor([i % 3 for i in range(graphs)]), species_id=torch.tensor(species),
         go_target_pretrain=torch.randint(0, 2, (graphs * pt_tasks,), generator=gen),
         go_target_downstream=torch.randint(0, 2, (graphs * ft_tasks,), generator=gen))
+    if edit is not None:
+        edit(data.__dict__)
     folder = root / "supervised" / "processed"
     folder.mkdir(parents=True)
     fake = types.ModuleType("torch_geometric.data.data")
@@ -151,6 +154,39 @@ def _write_legacy_bio(root, edge_width=9, zipfile=False, pt_tasks=6, ft_tasks=3)
 @pytest.fixture()
 def bio_root(tmp_path):
     return tmp_path, _write_legacy_bio(tmp_path)
+
+
+def _x_nan(f):
+    f["x"][2, 0] = float("nan")
+
+
+@pytest.mark.parametrize("edit, species, task, message", [
+    (lambda f: f["go_target_downstream"].__setitem__(4, -1), SPECIES, "finetune",
+     "'go_target_downstream' holds 1 label other than 0 and 1 (e.g. -1)"),      # uint8 made it 255
+    (_x_nan, SPECIES, "pretrain", "'x' holds 1 NaN or infinite value"),
+    (lambda f: f.__setitem__("x", f["x"].repeat(1, 3)), SPECIES, "pretrain",
+     "bio node features must have 1 column, got shape"),
+    (None, [9606] * 14, "finetune", "bio: split 'train' has no graphs (train/val take the non-human species"),
+    (None, [3702] * 14, "finetune", "bio: split 'test' has no graphs"),
+], ids=["label-minus-1", "nan-x", "three-node-features", "all-human", "no-human"])
+def test_a_bio_file_the_model_cannot_use_is_a_named_error(tmp_path, edit, species, task, message):
+    _write_legacy_bio(tmp_path, species=species, edit=edit)
+    with pytest.raises(ValueError) as info:
+        G.bio(str(tmp_path), task=task)
+    assert message in str(info.value), info.value
+
+
+def test_data_wider_or_narrower_than_its_check_is_named_at_load(tmp_path):
+    """graphs.bio's check declares the published 5000 / 40 tasks: a file with 6 is named, not a shape error in a loss."""
+    from mptc.compiler.lower import compile_spec
+    from mptc.runtime.data import _build
+    _write_legacy_bio(tmp_path)
+    text = BIO_SPEC.format(root=tmp_path)
+    plan = compile_spec(text, str(tmp_path / "s.mpt"))
+    source = next(d for d in plan.datasets if d.name == "pt")
+    with pytest.raises(RunError, match=r"data 'pt': its split 'all' has 6 tasks \(y columns\), but the spec was "
+                                       r"checked with 5000"):
+        _build(source, {})
 
 
 def test_legacy_file_is_broken_under_plain_pyg2(bio_root):
