@@ -276,7 +276,11 @@ def tokenizer_layout(path) -> dict:
         if special[role] is None:
             raise DataProblem(f"{shown(file)}: has no {role} token ({' or '.join(_CONVENTIONAL[role])}): "
                               f"sequences are [CLS] tokens [SEP]")
-    return {"file": str(file), "vocab_size": max(ids.values()) + 1, "special": special}
+    top = max(ids.values())
+    if min(ids.values()) < 0 or top >= 2 * len(ids) + 1000:  # the embedding has a row per id up to the largest
+        raise DataProblem(f"{shown(file)}: its token ids run from {min(ids.values())} to {top} for {len(ids)} tokens: "
+                          f"not a vocabulary of consecutive ids (the embedding would need {top + 1} rows)")
+    return {"file": str(file), "vocab_size": top + 1, "special": special}
 
 
 def min_vocab(tokenizer: str) -> int:

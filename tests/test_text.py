@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mptc.cli import main
+from mptc.errors import SpecErrors
 from mptc.compiler.lower import compile_spec
 from mptc.components.datafiles import DataProblem
 from mptc.components.shapes import B, Tokens, fmt, is_tokens
@@ -477,3 +478,17 @@ def test_a_whole_run_writes_the_tokenizer_beside_it(proj, capsys):
     assert "tokenizer.json" in (run / "summary.txt").read_text()
     loaded, special = load_tokenizer(str(run))
     assert special["cls"] == 2 and loaded.get_vocab_size() == len(tokenizer["model"]["vocab"])
+
+
+def test_a_tokenizer_with_a_far_token_id_is_refused_at_check(proj):
+    """One id of 10^9 made the embedding 10^9 rows: the run died allocating 64 GB."""
+    trained = text_jsonl(str(proj / "reviews.jsonl"), split_by="split", vocab=100, max_length=12)
+    spec_json = json.loads(trained.info["tokenizer_json"])
+    spec_json["model"]["vocab"]["far"] = 10 ** 9
+    (proj / "tok").mkdir()
+    (proj / "tok" / "tokenizer.json").write_text(json.dumps(spec_json))
+    data = 'text.jsonl(path: "reviews.jsonl", split_by: "split", tokenizer_path: "tok", max_length: 12)'
+    with pytest.raises(SpecErrors) as info:
+        compile_spec(spec(proj, data=data).read_text(), str(proj / "s.mpt"))
+    assert "not a vocabulary of consecutive ids (the embedding would need 1000000001 rows)" in \
+        info.value.errors[0].message
