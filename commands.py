@@ -42,7 +42,7 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.description, p.formatter_class = COMPARE_DOC, argparse.RawDescriptionHelpFormatter
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--seeds", type=int, default=5, help="seeds per spec (default 5)")
-    p.add_argument("--vary", nargs="+", default=None, metavar="KEY[+K]",
+    p.add_argument("--vary", nargs="+", action="extend", default=None, metavar="KEY[+K]",
                    help="keys set to the seed (+K) per run (default: train.seed and every data seed and fold)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run")
     p.add_argument("--out", type=path_arg, default="runs/compare",
@@ -213,6 +213,8 @@ def parse_vary(vary: list[str]) -> list[tuple[str, int]]:
         if m is None:
             raise RunError(f"--vary {item!r}: expected KEY or KEY+K with K an integer, "
                            "e.g. --vary train.seed data.pt.seed+100")
+        if any(key == m[1] for key, _ in out):
+            raise RunError(f"--vary names {m[1]} twice: one offset per key")
         out.append((m[1], int(m[2] or 0)))
     return out
 

@@ -115,6 +115,10 @@ def combinations(items: list[str]) -> list[list[str]]:
     lists = [_parts(item, errors) for item in items]
     if errors:
         raise SpecErrors(errors, "")
+    keys = [key for key, _ in lists]
+    twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    if twice is not None:                               # the later value would win in every run: duplicates
+        raise RunError(f"--set {twice} is given twice: give its values in one --set ({twice}=A,B,...)")
     counts = [_count(parts) for _, parts in lists]
     if math.prod(counts) > MAX_RUNS:
         sizes = ", ".join(f"{key}: {n} values" for (key, _), n in zip(lists, counts))

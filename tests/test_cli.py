@@ -239,3 +239,29 @@ def test_compare_refuses_an_unwritable_csv_before_running_anything(tmp_path, cap
     assert f"--csv '{tmp_path}': a folder, not a file" in capsys.readouterr().err
     assert main(["compare", spec, "--seeds", "1", "--csv", str(tmp_path / "no" / "t.csv")]) == 2
     assert "no folder" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "SPEC", "--seeds", "1", "--vary", "train.seed", "--vary", "train.seed+1"],
+     "mptc: error: --vary names train.seed twice: one offset per key\n"),        # the first was dropped
+    (["compare", "SPEC", "--seeds", "1", "--vary", "train.seed", "data.pt.seed", "train.seed+3"],
+     "mptc: error: --vary names train.seed twice: one offset per key\n"),
+    (["sweep", "SPEC", "--set", "train.seed=0,1", "--set", "train.seed=2,3"],    # 4 runs, 2 of them duplicates
+     "mptc: error: --set train.seed is given twice: give its values in one --set (train.seed=A,B,...)\n"),
+])
+def test_a_key_given_twice_to_compare_or_sweep_is_refused(tmp_path, capsys, argv, message):
+    spec = tmp_path / "tiny.mpt"
+    spec.write_text(TINY)
+    out = tmp_path / "runs"
+    assert main([str(spec) if a == "SPEC" else a for a in argv] + ["--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == message and not out.exists()
+
+
+def test_vary_may_be_given_more_than_once(tmp_path, capsys):
+    spec = tmp_path / "tiny.mpt"
+    spec.write_text(TINY)
+    out = tmp_path / "runs"
+    assert main(["compare", str(spec), "--seeds", "1", "--vary", "train.seed", "--vary", "data.pt.seed+5",
+                 "--out", str(out), "--quiet"]) == 0
+    ir = json.loads((out / "tiny" / "seed-0" / "ir.json").read_text())
+    assert ir["train"]["seed"] == 0 and [d for d in ir["datasets"] if d["name"] == "pt"][0]["source"]["args"]["seed"] == 5
