@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from mptc.cli import path_arg
-from mptc.errors import RunError, SpecError, SpecErrors
+from mptc.errors import DuplicateName, RunError, SpecError, SpecErrors
 
 EXIT_CHANGED = 1
 
@@ -126,7 +126,12 @@ def expansions(spec) -> list[dict]:
     _import_code(spec, errors)                      # a user's own primitives, registered by the spec's imports
     if errors:
         raise SpecErrors(errors, "")
+    seen = set()
     for decl in (i for i in spec.items if isinstance(i, ast.SpaceDecl)):
+        if decl.name in seen:                           # as `mptc check` says it
+            errors.append(DuplicateName(decl.name_span, f"'{decl.name}' is already declared"))
+            continue
+        seen.add(decl.name)
         found = expand(decl, errors)
         stages = {}
         for factor in decl.factors:

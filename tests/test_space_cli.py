@@ -92,3 +92,10 @@ def test_space_errors_exit_2_rendered(spec, capsys, monkeypatch, text, first_lin
 def test_space_of_a_missing_file_exits_2(tmp_path, capsys):
     assert main(["space", str(tmp_path / "nope.mpt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_space_declared_twice_is_the_error_check_gives(spec, capsys, monkeypatch):
+    path = spec("space s = a{p, q}\nspace s = b{u, v}\n")
+    monkeypatch.chdir(path.rsplit("/", 1)[0])
+    assert main(["space", "s.mpt"]) == 2
+    assert capsys.readouterr().err.startswith("s.mpt:2:7: error: 's' is already declared")
