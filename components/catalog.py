@@ -289,6 +289,13 @@ def _with_splits(rule, splits):
     return lambda args, in_shape: {**rule(args, in_shape), "splits": splits}
 
 
+def _ptbxl_shape(args, in_shape):
+    if args.get("sampling_rate") not in (None, 100, 500):   # the two rates PTB-XL's records come at
+        raise ShapeProblem(f"PTB-XL comes at sampling_rate 100 (records100) or 500 (records500), not "
+                           f"{args['sampling_rate']}")
+    return _ecg_shape(args, in_shape)
+
+
 DATASETS.register("ecg.ptbxl", [
     Param("root", "path", doc="the unpacked PTB-XL folder (ptbxl_database.csv, scp_statements.csv, records100/)"),
     Param("sampling_rate", "int", 100, min=100, max=500, doc="100 (records100) or 500 (records500)"),
@@ -297,7 +304,7 @@ DATASETS.register("ecg.ptbxl", [
     Param("min_likelihood", "float", 0.0, min=0, max=100, doc="ignore scp codes below this likelihood"),
     Param("keep_unlabelled", "bool", False, doc="keep records with no diagnostic superclass"),
     Param("standardize", "bool", False, doc="scale each lead by the train split's mean and std"),
-], target="mptc.runtime.ecg:ptbxl", shape=_with_splits(_ecg_shape, ("train", "val", "test")),
+], target="mptc.runtime.ecg:ptbxl", shape=_with_splits(_ptbxl_shape, ("train", "val", "test")),
     doc="PTB-XL 12-lead ECGs, 5 diagnostic superclasses (multi-label); splits train/val/test by strat_fold.")
 DATASETS.register("ecg.synthetic", [
     Param("examples", "int", min=2, max=10 ** 7), Param("seed", "int", 0, min=0),

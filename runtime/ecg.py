@@ -112,14 +112,26 @@ def superclass_labels(codes: dict, mapping: dict[str, str], min_likelihood: floa
         >>> superclass_labels({"IMI": 50.0, "SR": 0.0}, {"IMI": "MI", "NORM": "NORM"}).tolist()
         [0.0, 1.0, 0.0, 0.0, 0.0]
     """
-    found = {mapping[c] for c, lik in codes.items() if c in mapping and float(lik) >= min_likelihood}
+    found = {mapping[c] for c, lik in codes.items() if c in mapping and _likelihood(lik) >= min_likelihood}
     return np.array([c in found for c in SUPERCLASSES], dtype=np.float32)
+
+
+def _likelihood(value) -> float:
+    """A code's likelihood as a number (ValueError, which `_labels` names with the record, otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"a likelihood must be a number, got {value!r}")
+    return float(value)
 
 
 def _labels(db, mapping: dict[str, str], min_likelihood: float) -> np.ndarray:
     """``[N, 5]`` superclass labels of every row of ``ptbxl_database.csv``."""
-    rows = [superclass_labels(_codes(text, ecg_id), mapping, min_likelihood)
-            for ecg_id, text in db["scp_codes"].items()]
+    rows = []
+    for ecg_id, text in db["scp_codes"].items():
+        codes = _codes(text, ecg_id)                     # its own error names the record
+        try:
+            rows.append(superclass_labels(codes, mapping, min_likelihood))
+        except ValueError as e:
+            raise ValueError(f"{_DATABASE}: record {ecg_id} has scp_codes {text!r}: {e}") from None
     return np.stack(rows) if rows else np.zeros((0, len(SUPERCLASSES)), np.float32)
 
 
@@ -134,6 +146,18 @@ def _fold_of(folds: dict, strat_fold: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.isin(strat_fold, list(listed)) for name, listed in folds.items()}
 
 
+def _strat_folds(db) -> np.ndarray:
+    """The `strat_fold` column as integers; a cell that is not one is named with its record."""
+    import pandas as pd
+    folds = pd.to_numeric(db["strat_fold"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(folds) | (folds != np.round(folds))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{_DATABASE}: record {db.index[row]} (data row {row + 1}) has strat_fold "
+                         f"{db['strat_fold'].iloc[row]!r}, not a fold number")
+    return folds.astype(int)
+
+
 def _filename(db, column: str, row: int) -> str:
     """The record file of one row of ``ptbxl_database.csv``; ValueError naming the record when its cell
     is empty (pandas reads an empty cell as NaN) or not a file name."""
@@ -145,7 +169,7 @@ def _filename(db, column: str, row: int) -> str:
     return name.strip()
 
 
-def _record(root: Path, filename: str, length: int) -> np.ndarray:
+def _record(root: Path, filename: str, length: int, rate: int) -> np.ndarray:
     """One record as ``[12, length]`` float32 in mV, leads reordered to :data:`LEADS`."""
     import wfdb
 
@@ -155,8 +179,12 @@ def _record(root: Path, filename: str, length: int) -> np.ndarray:
     try:
         signal, fields = wfdb.rdsamp(str(path))
     except Exception as e:  # wfdb raises assorted types on a damaged header or signal file
-        raise ValueError(f"cannot read PTB-XL record {filename}: {e}") from None
+        raise ValueError(f"cannot read PTB-XL record {filename} (a damaged .hea or .dat file?): {e}") from None
     order = _lead_order(fields["sig_name"], filename)
+    if fields.get("fs") is not None and float(fields["fs"]) != rate:
+        raise ValueError(f"PTB-XL record {filename} is sampled at {fields['fs']:g} Hz, not the {rate} Hz asked for")
+    if not np.isfinite(signal).all():
+        raise ValueError(f"PTB-XL record {filename} has {int((~np.isfinite(signal)).sum())} NaN or infinite samples")
     if signal.shape[0] != length:
         raise ValueError(f"PTB-XL record {filename} has {signal.shape[0]} samples, expected {length}")
     return np.ascontiguousarray(signal[:, order].T, dtype=np.float32)
@@ -183,20 +211,21 @@ def ptbxl(root, sampling_rate: int = 100, train_folds=_DEFAULT_FOLDS["train"], v
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise OSError(f"PTB-XL folder '{root}' does not exist")
+        raise OSError(f"PTB-XL folder '{root}' does not exist" if not Path(root).exists() else
+                      f"PTB-XL root '{root}' is a file: give the unpacked ptb-xl folder")
     if sampling_rate not in (100, 500):
         raise ValueError(f"PTB-XL comes at sampling_rate 100 or 500, not {sampling_rate}")
     db, mapping = _table(root, _DATABASE), superclass_map(_table(root, _STATEMENTS))
     y = _labels(db, mapping, min_likelihood)
     keep = np.ones(len(db), bool) if keep_unlabelled else y.any(1)
     column = "filename_lr" if sampling_rate == 100 else "filename_hr"
-    masks = _fold_of({"train": train_folds, "val": val_folds, "test": test_folds}, db["strat_fold"].to_numpy())
+    masks = _fold_of({"train": train_folds, "val": val_folds, "test": test_folds}, _strat_folds(db))
     splits, ids = {}, {}
     for name, mask in masks.items():
         rows = np.flatnonzero(mask & keep)
         if len(rows) == 0:
             raise ValueError(f"PTB-XL split '{name}' is empty (no labelled records in its folds)")
-        x = np.stack([_record(root, _filename(db, column, r), 10 * sampling_rate) for r in rows])
+        x = np.stack([_record(root, _filename(db, column, r), 10 * sampling_rate, sampling_rate) for r in rows])
         splits[name], ids[name] = (torch.from_numpy(x), torch.from_numpy(y[rows])), db.index[rows].tolist()
     if standardize:
         splits = _standardized(splits)

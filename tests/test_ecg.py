@@ -1,5 +1,7 @@
 """Tests of mptc.runtime.ecg: the PTB-XL loader on a miniature PTB-XL folder written with wfdb, and the
 offline generator's shape, determinism and planted labels."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,7 +43,7 @@ def signal(ecg_id: int) -> np.ndarray:
     return np.stack([0.1 * ecg_id * np.sin(2 * np.pi * (lead + 1) * t / 7) for lead in range(12)], 1)
 
 
-def write_ptbxl(root, records=RECORDS, reversed_leads=(3,)):
+def write_ptbxl(root, records=RECORDS, reversed_leads=(3,), fs=100, nan_in=()):
     """A PTB-XL-shaped folder: the two csv tables and records100/00000/000NN_lr.{hea,dat}."""
     rows = []
     for ecg_id, (codes, fold, _) in records.items():
@@ -49,9 +51,12 @@ def write_ptbxl(root, records=RECORDS, reversed_leads=(3,)):
         folder = root / "records100" / "00000"
         folder.mkdir(parents=True, exist_ok=True)
         names, sig = PTBXL_NAMES, signal(ecg_id)
+        if ecg_id in nan_in:
+            sig = sig.copy()
+            sig[10, 2] = np.nan
         if ecg_id in reversed_leads:  # the loader must reorder by lead name
             names, sig = names[::-1], sig[:, ::-1]
-        wfdb.wrsamp(name, fs=100, units=["mV"] * 12, sig_name=list(names), p_signal=np.ascontiguousarray(sig),
+        wfdb.wrsamp(name, fs=fs, units=["mV"] * 12, sig_name=list(names), p_signal=np.ascontiguousarray(sig),
                     fmt=["16"] * 12, write_dir=str(folder))
         rows.append({"ecg_id": ecg_id, "patient_id": 100 + ecg_id, "scp_codes": repr(codes), "strat_fold": fold,
                      "filename_lr": f"records100/00000/{name}", "filename_hr": f"records500/00000/{ecg_id:05d}_hr"})
@@ -135,6 +140,40 @@ def test_ptbxl_bad_values(tmp_path):
     db.to_csv(r / "ptbxl_database.csv")
     with pytest.raises(ValueError, match="record 5 has malformed scp_codes"):
         ptbxl(r)
+
+
+def _database_cell(r, ecg_id, column, value):
+    db = pd.read_csv(r / "ptbxl_database.csv", index_col=0)
+    db[column] = db[column].astype(object)
+    db.loc[ecg_id, column] = value
+    db.to_csv(r / "ptbxl_database.csv")
+    return r
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda r: write_ptbxl(r, {k: RECORDS[k] for k in (1, 5, 6)}, fs=250),
+     "PTB-XL record records100/00000/00001_lr is sampled at 250 Hz, not the 100 Hz asked for"),
+    (lambda r: write_ptbxl(r, {k: RECORDS[k] for k in (1, 5, 6)}, nan_in=(5,)),
+     "PTB-XL record records100/00000/00005_lr has 1 NaN or infinite samples"),
+    (lambda r: _database_cell(write_ptbxl(r, {k: RECORDS[k] for k in (1, 5, 6)}), 5, "scp_codes", "{'NORM': 'high'}"),
+     "ptbxl_database.csv: record 5 has scp_codes \"{'NORM': 'high'}\": a likelihood must be a number, got 'high'"),
+    (lambda r: _database_cell(write_ptbxl(r, {k: RECORDS[k] for k in (1, 5, 6)}), 6, "strat_fold", "abc"),
+     "ptbxl_database.csv: record 6 (data row 3) has strat_fold 'abc', not a fold number"),
+], ids=["record-rate", "nan-sample", "likelihood-word", "fold-word"])
+def test_ptbxl_records_and_cells_it_cannot_use_are_named(tmp_path, write, message):
+    """Each was read as it came (a 250 Hz record as 100 Hz, a NaN into the loss) or named nothing."""
+    with pytest.raises(ValueError) as info:
+        ptbxl(write(tmp_path))
+    assert message in one_line(info.value)
+
+
+def test_ptbxl_rate_is_checked_at_its_argument():
+    from mptc.compiler.lower import compile_spec
+    from mptc.errors import SpecErrors
+    with pytest.raises(SpecErrors) as info:
+        compile_spec(f'data ft = ecg.ptbxl(root: "{Path(__file__).parent}", sampling_rate: 250)\n', "s.mpt")
+    assert any("PTB-XL comes at sampling_rate 100 (records100) or 500 (records500), not 250" in e.message
+               for e in info.value.errors)
 
 
 # ---- the generator -----------------------------------------------------------------------------------
