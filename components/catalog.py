@@ -207,13 +207,16 @@ def _graph_shape(nodes, edges, tasks, splits=()):
 
 _GRAPH_TASK = Param("task", "choice", "pretrain", choices=("pretrain", "finetune"),
                     doc="pretrain: split all with the PT targets; finetune: train/val/test (+all) with the FT ones")
-BIO_NODE_DIM, BIO_TASKS = 1, {"go_target_pretrain": 5000, "go_target_downstream": 40}  # the published file's
+# the published bio file's widths: 1 node feature; 7 evidence channels + the self-loop and masking flags
+# pretrain-gnns reserves; 5000 GO pre-training and 40 downstream tasks
+BIO_NODE_DIM, BIO_EDGE_DIM, BIO_TASKS = 1, 9, {"go_target_pretrain": 5000, "go_target_downstream": 40}
 DATASETS.register("graphs.bio", [
     Param("root", "path", doc="the folder holding supervised/processed/geometric_data_processed.pt"),
     _GRAPH_TASK, Param("seed", "int", 42, doc="the published random_split seed"),
 ], target="mptc.runtime.graphs:bio",
-    shape=lambda a, _: _graph_shape(BIO_NODE_DIM, 9, BIO_TASKS["go_target_pretrain"], ()) if a["task"] == "pretrain"
-    else _graph_shape(BIO_NODE_DIM, 9, BIO_TASKS["go_target_downstream"], ("train", "val", "test", "test_easy", "all")),
+    shape=lambda a, _: _graph_shape(BIO_NODE_DIM, BIO_EDGE_DIM, BIO_TASKS["go_target_pretrain"], ())
+    if a["task"] == "pretrain" else _graph_shape(BIO_NODE_DIM, BIO_EDGE_DIM, BIO_TASKS["go_target_downstream"],
+                                                 ("train", "val", "test", "test_easy", "all")),
     doc="pretrain-gnns bio ego-networks (PyG 1.x file converted and cached); species split, human = FT test.")
 DATASETS.register("graphs.synthetic", [
     Param("graphs", "int", min=2, max=10 ** 7), Param("pt_tasks", "int", min=1, max=10 ** 5),

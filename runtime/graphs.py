@@ -79,7 +79,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing, global_add_pool, global_max_pool, global_mean_pool
 
 from mptc.runtime.datasets import Dataset, _kinds, _related, _units, split
-from mptc.components.catalog import BIO_NODE_DIM   # the bio file's node features, as `mptc check` declares them
+from mptc.components.catalog import BIO_EDGE_DIM, BIO_NODE_DIM   # the bio file's widths, as `mptc check` declares them
 from mptc.components.graphshapes import JK_MODES, POOLS, GraphFeatures
 
 __all__ = ["GIN", "Graphs", "bio", "center_index", "gin", "graphs_from_data", "readout", "synthetic_graphs"]
@@ -319,7 +319,6 @@ def gin(layers: int = 5, hidden: int = 300, jk: str = "last", pool: str = "mean_
 BIO_FILE = Path("supervised", "processed", "geometric_data_processed.pt")
 BIO_CACHE = "geometric_data_processed.mptc.pt"
 HUMAN = 9606  # the FT test species of the published species split
-BIO_EDGE_DIM = 9  # 7 evidence channels + the self-loop and masking flags pretrain-gnns reserves
 _BIO_FIELDS = ("x", "edge_index", "edge_attr", "center_node_idx", "species_id", "go_target_pretrain",
                "go_target_downstream")
 def _fields(obj) -> dict:

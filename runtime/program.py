@@ -287,17 +287,17 @@ class Program:
 
     def _c_Apply(self, e):
         arg = self.compile(e.arg)
+        comp, checked, what = _component(self._decls[e.module])
         if e.module in self.networks:                   # a meta network: its weights are meta-parameters
             net, keys = self.networks[e.module], self.net_keys[e.module]
-            call = lambda c: functional_call(net, {k: c.metas[full] for k, full in keys}, (arg(c),))  # noqa: E731
+            apply = lambda c, a: functional_call(net, {k: c.metas[full] for k, full in keys}, (a,))  # noqa: E731
         else:
             module, keys = self.modules[e.module], self.keys[e.module]
-            call = lambda c: functional_call(module, {k: c.params[full] for k, full in keys}, (arg(c),))  # noqa: E731
-        comp, checked, what = _component(self._decls[e.module])
-        if not comp.origin:
-            return call
-        return _guarded(call, f"{what} '{e.module}': {comp.name} ({where_from(comp)})", comp.origin,
-                        self._rule_shape(comp, checked, e.module))
+            apply = lambda c, a: functional_call(module, {k: c.params[full] for k, full in keys}, (a,))  # noqa: E731
+        if comp.origin:                                 # a user's own: its failures named (its input's are not its)
+            apply = _guarded(apply, f"{what} '{e.module}': {comp.name} ({where_from(comp)})", comp.origin,
+                             self._rule_shape(comp, checked, e.module))
+        return lambda c: apply(c, arg(c))
 
     def _rule_shape(self, comp, checked, name: str):
         """The per-example output shape a user's component declares by its shape rule at this module's
@@ -346,10 +346,10 @@ class Program:
         """A function of tensors; a number argument (`sigmoid(-2)`) becomes a 0-d tensor once, here."""
         comp = FUNCTIONS.get(e.name)
         fn, args = comp.load(), [self._tensor_arg(a) for a in e.args]
-        call = lambda c: fn(*[a(c) for a in args])  # noqa: E731
         if not comp.origin:
-            return call
-        return _guarded(call, f"function '{e.name}' ({where_from(comp)})", comp.origin)
+            return lambda c: fn(*[a(c) for a in args])
+        apply = _guarded(lambda c, values: fn(*values), f"function '{e.name}' ({where_from(comp)})", comp.origin)
+        return lambda c: apply(c, [a(c) for a in args])  # its inputs evaluated outside: their failures are theirs
 
     def _tensor_arg(self, e):
         arg = self.compile(e)
@@ -428,16 +428,17 @@ class NoiseMemo:
 
 
 def _guarded(call: Callable, what: str, origin: str, shape: tuple | None = None) -> Callable:
-    """`call` (a user's own module or function applied in a compiled expression) whose failures while the
-    run executes are one RunError naming it, where it comes from and the raising line: an exception it
-    raises, a result that is not a tensor, or (`shape`: its rule's per-example output) a tensor of another
-    shape than its shape rule declares, which would otherwise fail later in a module it feeds."""
+    """`call(c, inputs)` (a user's own module or function applied, its inputs already evaluated) whose
+    failures while the run executes are one RunError naming it, where it comes from and the raising line:
+    an exception it raises, a result that is not a tensor, or (`shape`: its rule's per-example output) a
+    tensor of another shape than its shape rule declares, which would otherwise fail later in a module it
+    feeds."""
     from mptc.components.plugins import raised, user_frames
     path = origin if origin.endswith(".py") else None
 
-    def checked(c):
+    def checked(c, inputs):
         try:
-            out = call(c)
+            out = call(c, inputs)
         except RunError:
             raise
         except Exception as e:
