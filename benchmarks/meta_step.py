@@ -369,6 +369,8 @@ def main() -> None:
     global FUSED
     FUSED = ", " + args.fused_options
     sys.path.insert(0, args.bench)
+    from mptc.runtime.memory import keep_freed_memory
+    keep_freed_memory()                                 # as `mptc run` on the CPU: every implementation under it
     import common
     import impl_manual
     common.HERE = tempfile.mkdtemp(prefix="mptc-bench-")  # its hypergradient dumps stay out of shared/

@@ -21,6 +21,7 @@ from mptc.errors import RunError
 from mptc.runtime.artifacts import write_artifacts
 from mptc.runtime.data import Data
 from mptc.runtime.loop import MetaStep, State, Trainer, meta_train
+from mptc.runtime.memory import keep_freed_memory
 from mptc.runtime.metajson import meta_json, task_names
 from mptc.runtime.parallel import join, leave, rank_seed
 from mptc.runtime.program import Program, pick_device
@@ -38,6 +39,8 @@ def run_plan(plan: ir.Plan, source: str, out=None, progress: bool | Progress = T
     Under torchrun (runtime/parallel.py) every process runs this same function on its shard of every
     batch; rank 0 alone writes the run directory and reports progress, and the others return None."""
     world, device = join(pick_device(plan.train.device))
+    if device.type == "cpu":
+        keep_freed_memory()                             # a meta-step's buffers reused, not faulted in again
     try:
         if world.rank > 0:
             progress, tensorboard = False, None
