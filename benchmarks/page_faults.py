@@ -4,7 +4,7 @@ on the CPU): child processes, the two settings alternated `--pairs` times, each 
 meta-steps of the `--variant` estimator at `--width`, each meta-step followed by the harness's 10 plain PT
 steps (torch.optim.Adam, loss.backward()) on the same batches. Per setting: the medians over meta-steps
 (the first three aside) of the PT phase, the hypergradient phase (FT unroll, solve, mixed term, meta update),
-the 10 plain steps, the minor page faults of the hypergradient phase and of the plain steps, and the
+the 10 plain steps, the minor page faults of the meta-step and of the plain steps, and the
 ratio (PT phase + hypergradient phase) / plain, then the medians of those over the pairs.
 
     .venv/bin/python benchmarks/page_faults.py [--width 1024 --variant fused --pairs 3 --steps 24]
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from meta_step import BENCH, load_state, reset_ft, trainer_for  # noqa: E402
+from meta_step import BENCH, make_mptc  # noqa: E402
 
-KEYS = ("pt_ms", "hg_ms", "plain_ms", "hg_faults", "plain_faults", "ratio")
+KEYS = ("pt_ms", "hg_ms", "plain_ms", "meta_faults", "plain_faults", "ratio")
 
 
 def child(width: int, variant: str, steps: int, keep: bool) -> dict:
@@ -38,22 +38,15 @@ def child(width: int, variant: str, steps: int, keep: bool) -> dict:
     import common
     common.HERE = tempfile.mkdtemp(prefix="mptc-bench-")
     S = common.Setup(width)
-    trainer = trainer_for(width, variant)
-    state = load_state(trainer, S)
+    meta_step = make_mptc(variant)(S)                  # benchmarks/meta_step.py's meta-step, as timed there
     base = S.new_net()
     opt = torch.optim.Adam(base.parameters(), lr=common.LR_PT)
     faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt   # noqa: E731
     rows = []
     for step in range(steps):
         m = step % common.N_META                        # the harness's batch schedule, cycled
-        t0 = time.perf_counter()
-        for p in range(common.P_STEPS):
-            trainer.pt_step(state, S.pt_batch(m, p), keep=trainer.pt.keeps_last_step and p == common.P_STEPS - 1)
-        t1, f1 = time.perf_counter(), faults()
-        reset_ft(state, S)
-        xt, yt, xv, yv = S.ft_batches(m)
-        _, hg, _ = trainer.hypergradient(state, S.pt_batch(m, common.P_STEPS - 1), [(xt, yt)], (xv, yv))
-        trainer.meta_update(state, hg)
+        t0, f0 = time.perf_counter(), faults()
+        meta_step(m)
         t2, f2 = time.perf_counter(), faults()
         for p in range(common.P_STEPS):
             x, y = S.pt_batch(m, p)
@@ -62,7 +55,7 @@ def child(width: int, variant: str, steps: int, keep: bool) -> dict:
             opt.step()
         t3, f3 = time.perf_counter(), faults()
         if step >= 3:
-            rows.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, f2 - f1, f3 - f2))
+            rows.append(((S.t_pt_end - t0) * 1e3, (t2 - S.t_pt_end) * 1e3, (t3 - t2) * 1e3, f2 - f0, f3 - f2))
     med = [statistics.median(col) for col in zip(*rows)]
     return dict(zip(KEYS, [*med, (med[0] + med[1]) / med[2]]))
 

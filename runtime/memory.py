@@ -26,6 +26,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's malloc.h
 MMAP_THRESHOLD = 32 << 20                        # glibc's ceiling on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 1 << 30
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 _applied: bool | None = None
 
@@ -39,7 +40,7 @@ def keep_freed_memory() -> bool:
 
 
 def _applies() -> bool:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not GLIBC:
         return False
     if any(name in os.environ for name in USER_SETTINGS):
         return False

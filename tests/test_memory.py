@@ -1,5 +1,4 @@
 """runtime/memory.py: on glibc, the memory a meta-step frees is reused by the next one, not faulted in again."""
-import platform
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ from mptc.runtime import executor, memory
 
 from tests.conftest import tiny_spec  # noqa: E402
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = memory.GLIBC
 
 ROUNDS = """
 import resource, sys, torch
