@@ -2,8 +2,9 @@
 it (runtime/parallel.py; docs/runtime.md, "Several processes").
 
 Each process gets torchrun's environment -- RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR,
-MASTER_PORT -- so `torchrun --nproc-per-node N -m mptc run SPEC` runs the same job, and OMP_NUM_THREADS
-(the machine's cores divided among the processes, unless set). Rank 0 prints what `mptc run` prints; the
+MASTER_PORT, and the rendezvous store hosted here as torchrun's agent hosts it (`_store`) -- so `torchrun
+--nproc-per-node N -m mptc run SPEC` runs the same job, and OMP_NUM_THREADS (the machine's cores divided
+among the processes, unless set). Rank 0 prints what `mptc run` prints; the
 others print nothing unless they fail. When one process fails, the others are stopped and the launcher
 exits with its status, naming it; SIGINT, SIGTERM and SIGHUP are passed on to every process (a run with
 checkpoints then stays resumable, with `--resume DIR --nproc N`).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,20 +36,23 @@ def without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _store():
+    """The job's rendezvous store, hosted here as torchrun's agent hosts it: bound to a port the system picks
+    and held for the whole job (a port found free and handed to rank 0 to bind could be taken in between);
+    TORCHELASTIC_USE_AGENT_STORE makes every process, rank 0 included, its client."""
+    from torch.distributed import TCPStore
+    return TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Runs `python -m mptc ARGV` as `nproc` processes of one job; their exit status (0, or the first
     failure's)."""
-    port, threads = _free_port(), str(max(1, (os.cpu_count() or 1) // nproc))
+    store, threads = _store(), str(max(1, (os.cpu_count() or 1) // nproc))
     procs, logs = [], []
     for rank in range(nproc):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+               "TORCHELASTIC_USE_AGENT_STORE": "True"}
         env.setdefault("OMP_NUM_THREADS", threads)
         log = None if rank == 0 else tempfile.TemporaryFile()   # a rank > 0's stderr, shown if it fails
         procs.append(subprocess.Popen([sys.executable, "-m", "mptc", *argv], env=env, preexec_fn=_orphan_stops,
