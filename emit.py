@@ -220,11 +220,11 @@ def _without_attrs(code: str) -> str:
 _TORCH_HOMES = ("torch", "torch.nn.functional", "torch.special")
 
 
-def _function(name: str, fns: dict) -> str:
-    """The Python name of loss function `name` in the script (`fn_bce`), its definition added to `fns`."""
+def _function(name: str, fns: dict, obj=None) -> str:
+    """The Python name of loss function `name` in the script (`fn_bce`), its definition added to `fns`
+    (`obj`: the function itself, for one of the executor's own that the spec cannot name)."""
     from mptc.components.registry import FUNCTIONS
-    comp = FUNCTIONS.get(name)
-    obj = comp.load()
+    obj = FUNCTIONS.get(name).load() if obj is None else obj
     if name not in fns:
         if inspect.isfunction(obj) and obj.__module__.startswith("mptc."):
             src = inspect.getsource(obj)
@@ -276,6 +276,13 @@ class _Expr:
         _require(False, f"l2({e.module}) (a module's parameter norm)")
 
     def _Fn(self, e):
+        from mptc.runtime import functions
+        from mptc.runtime.program import mean_bce_parts
+        parts = mean_bce_parts(e)                       # as the executor computes it (runtime/program.py)
+        if parts is not None:
+            args = ", ".join(_top(self(a)) for a in parts[:2])
+            weight = "None" if parts[2] is None else _top(self(parts[2]))
+            return f"{_function('mean_bce', self.fns, functions.mean_bce)}({args}, {weight})"
         return f"{_function(e.name, self.fns)}({', '.join(_top(self(a)) for a in e.args)})"
 
     def _Bin(self, e):

@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from mptc.compiler import ir
 from mptc.errors import RunError
+from mptc.runtime import functions
 from mptc.components.registry import (AUGMENTATIONS, FUNCTIONS, HEADS, MODELS, ComponentRaised, input_args,
                                       per_example, where_from)
 from mptc.components.shapes import B
@@ -344,12 +345,21 @@ class Program:
 
     def _c_Fn(self, e):
         """A function of tensors; a number argument (`sigmoid(-2)`) becomes a 0-d tensor once, here."""
+        parts = mean_bce_parts(e)
+        if parts is not None:
+            return self._mean_bce(*parts)
         comp = FUNCTIONS.get(e.name)
         fn, args = comp.load(), [self._tensor_arg(a) for a in e.args]
         if not comp.origin:
             return lambda c: fn(*[a(c) for a in args])
         apply = _guarded(lambda c, values: fn(*values), f"function '{e.name}' ({where_from(comp)})", comp.origin)
         return lambda c: apply(c, [a(c) for a in args])  # its inputs evaluated outside: their failures are theirs
+
+    def _mean_bce(self, logits, target, weight):
+        """`mean(w * bce(z, y))` as `functions.mean_bce` (one call of torch's kernel where it can)."""
+        fn, args = functions.mean_bce, [self._tensor_arg(a) for a in (logits, target)]
+        w = None if weight is None else self.compile(weight)
+        return lambda c: fn(*[a(c) for a in args], None if w is None else w(c))
 
     def _tensor_arg(self, e):
         arg = self.compile(e)
@@ -387,6 +397,25 @@ class Program:
         with torch.no_grad():  # (a factored meta's weights: softmax over the valid objectives)
             out.update({let.name: self.lets[let.name](ctx).detach() for let in self.plan.lets if let.meta_only})
         return out
+
+
+def mean_bce_parts(e):
+    """(z, y, w) when `e` is `mean(w * bce(z, y))` or `mean(bce(z, y) * w)`, (z, y, None) for
+    `mean(bce(z, y))`, with mptc's own mean and bce and w not a number: what `functions.mean_bce`
+    computes (the executor and the emitted script alike); else None."""
+    if not (isinstance(e, ir.Fn) and e.name == "mean" and len(e.args) == 1):
+        return None
+    arg, weight = e.args[0], None
+    if isinstance(arg, ir.Bin) and arg.op == "*":
+        is_bce = [isinstance(s, ir.Fn) and s.name == "bce" for s in (arg.left, arg.right)]
+        if is_bce.count(True) != 1:
+            return None
+        arg, weight = (arg.left, arg.right) if is_bce[0] else (arg.right, arg.left)
+    if not (isinstance(arg, ir.Fn) and arg.name == "bce" and len(arg.args) == 2):
+        return None
+    if (weight is not None and _numeric(weight)) or FUNCTIONS.get("mean").origin or FUNCTIONS.get("bce").origin:
+        return None
+    return (*arg.args, weight)
 
 
 def _numeric(e) -> bool:

@@ -73,8 +73,8 @@ def test_the_quickstart_script_reproduces_mptc_run_exactly(tmp_path):
     keys = ("step", "meta_step", "pt_loss", "ft_val_loss", "hypergrad_norm", "solver_iters")
     assert _rows(emit, *keys) == _rows(run, *keys)
     assert not re.search(r"^\s*(import|from) mptc", script, flags=re.M)   # torch only
-    assert "def loss_pretrain(params, metas, x, y):\n    return fn_mean(let_task_weight(params, metas, x, y) * " \
-           "fn_bce(apply('pt_head', params, apply('encoder', params, x)), y))" in script
+    assert "def loss_pretrain(params, metas, x, y):\n    return fn_mean_bce(apply('pt_head', params, " \
+           "apply('encoder', params, x)), y, let_task_weight(params, metas, x, y))" in script
 
 
 def test_other_solvers_optimizers_and_bounds_reproduce_too(tmp_path):
