@@ -1,8 +1,9 @@
 """A plan made executable: modules, flat parameter dicts, meta-parameters and compiled loss functions.
 
 Parameters live in one flat dict `{"module.local_name": tensor}`; a loss is a pure function
-`loss(params, metas, x, y)` evaluated with `torch.func.functional_call`, so estimators can differentiate
-it with respect to any subset of parameters or meta-parameters.
+`loss(params, metas, x, y)` that applies each module with the dict's tensors in place of its own
+(`swapping_call`, what `torch.func.functional_call` does, with the module's slots found once), so estimators
+can differentiate it with respect to any subset of parameters or meta-parameters.
 
 A `meta n: network ...` lives in the metas dict the same way, flat (`"n.0.weight"`, ...): `n(expr)` is a
 functional call over those tensors, so the meta-optimizer and the hypergradient (autograd over the
@@ -29,6 +30,7 @@ from typing import Callable
 import attrs
 import torch
 from torch.func import functional_call
+from torch.nn.utils import parametrize
 
 from mptc.compiler import ir
 from mptc.errors import RunError
@@ -290,11 +292,11 @@ class Program:
         arg = self.compile(e.arg)
         comp, checked, what = _component(self._decls[e.module])
         if e.module in self.networks:                   # a meta network: its weights are meta-parameters
-            net, keys = self.networks[e.module], self.net_keys[e.module]
-            apply = lambda c, a: functional_call(net, {k: c.metas[full] for k, full in keys}, (a,))  # noqa: E731
+            call, fulls = swapping_call(self.networks[e.module], self.net_keys[e.module])
+            apply = lambda c, a: call([c.metas[full] for full in fulls], a)  # noqa: E731
         else:
-            module, keys = self.modules[e.module], self.keys[e.module]
-            apply = lambda c, a: functional_call(module, {k: c.params[full] for k, full in keys}, (a,))  # noqa: E731
+            call, fulls = swapping_call(self.modules[e.module], self.keys[e.module])
+            apply = lambda c, a: call([c.params[full] for full in fulls], a)  # noqa: E731
         if comp.origin:                                 # a user's own: its failures named (its input's are not its)
             apply = _guarded(apply, f"{what} '{e.module}': {comp.name} ({where_from(comp)})", comp.origin,
                              self._rule_shape(comp, checked, e.module))
@@ -397,6 +399,39 @@ class Program:
         with torch.no_grad():  # (a factored meta's weights: softmax over the valid objectives)
             out.update({let.name: self.lets[let.name](ctx).detach() for let in self.plan.lets if let.meta_only})
         return out
+
+
+def swapping_call(module: torch.nn.Module, keys: list) -> tuple[Callable, list[str]]:
+    """(call, fulls): `call(values, a)` applies `module` to `a` with its parameters replaced by `values`
+    (tensors in the order of `fulls`, the full names of `keys`' (local, full) pairs), as
+    `torch.func.functional_call` does: each tensor is put in its submodule's `_parameters` slot for the
+    call and the module's own put back after it. The slots are found once, here; functional_call finds
+    them and checks for tied weights on every call (~40 us per call on a two-layer MLP, a dozen calls per
+    meta-step). A module with tied weights, a parametrization or a parameter outside a `_parameters` slot
+    goes through functional_call itself."""
+    fulls = [full for _, full in keys]
+    slots = []
+    for local, _ in keys:
+        path, _, leaf = local.rpartition(".")
+        owner = module.get_submodule(path)
+        slots.append((owner._parameters, leaf))
+    plain = (all(leaf in table for table, leaf in slots)
+             and len(list(module.named_parameters(remove_duplicate=False))) == len(keys)
+             and not any(parametrize.is_parametrized(m) for m in module.modules()))
+    if not plain:
+        locals_ = [local for local, _ in keys]
+        return (lambda values, a: functional_call(module, dict(zip(locals_, values)), (a,))), fulls
+
+    def call(values, a):
+        own = [table[leaf] for table, leaf in slots]
+        for (table, leaf), value in zip(slots, values):
+            table[leaf] = value
+        try:
+            return module(a)
+        finally:
+            for (table, leaf), kept in zip(slots, own):
+                table[leaf] = kept
+    return call, fulls
 
 
 def mean_bce_parts(e):
